@@ -1,0 +1,198 @@
+"""The Query-Enhanced (QE) ranker: three towers with mutual attention, scoring every KB intent.
+
+    user/context tower: cat (B, Fc), num (B, Fn) --FieldEmbedding--> --AutoInt--> fields (B, F, D)
+    query tower:        latent query (B, d) --Linear--> Lq query tokens (B, Lq, D)
+    mutual attention:   x cross_layers:  query tokens attend to field tokens, and field tokens
+                        attend to query tokens (both from the previous layer's tokens)
+                        -> fused tokens T = [fields; queries] (B, F + Lq, D)
+    intent tower:       id embedding (N, K) + Linear(intent text embedding (N, H)) --MLP--> v (N, K)
+                        (the text embedding is the reasoner backbone's pooled hidden state of the
+                        intent text, a BUFFER ``intent_text_emb`` computed once per KB)
+    score (B, S):       MoE gated expert dot products on flatten(T)        (see MixtureOfExpertsScorer)
+                      + intent-to-request target attention:  each intent v_n attends over the
+                        fused tokens T, c_bn = softmax(W_q v_n . W_k T_b) W_v T_b, term <c_bn, W_o v_n>
+                      + intent bias b_n
+
+The target-attention term is the "intent attends to the fused user/query tokens" path: it lets the
+latent query modulate each intent's score separately, yet it is batched matmuls of (B, N, L)
+attention weights (L = F + Lq, about 15), so `score_all` scores all N intents in one pass, no
+loop. All paths are tensor ops only, so `torch.onnx.export` traces one graph with the KB table
+(intent embeddings and text buffer) inside it.
+
+Example:
+    >>> m = QERanker(QERankerConfig(cardinalities=(4, 6, 3), n_numeric=2, n_intents=50,
+    ...                             d_query=64, text_dim=64))
+    >>> m.set_intent_text_emb(reasoner.encode_texts(intent_texts))      # (50, 64)
+    >>> m.score_all(cat, num, query).shape                               # query (B, 64)
+    torch.Size([B, 50])
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rgalign.errors import ConfigError
+from rgalign.models.checkpoint import config_from_dict, read_checkpoint, save_module
+from rgalign.models.layers import CrossAttention, FieldEmbedding, InteractingLayer, MixtureOfExpertsScorer
+
+KIND = "qe_ranker"
+
+
+@dataclass(frozen=True)
+class QERankerConfig:
+    cardinalities: tuple[int, ...]  # per categorical field, OOV bucket 0 included
+    n_numeric: int
+    n_intents: int
+    d_query: int = 64  # the reasoner's latent query size
+    text_dim: int = 256  # the reasoner backbone's hidden size (intent text table); 0 = no text
+    field_dim: int = 32  # field and query tokens share it, since they attend to each other
+    attn_layers: int = 2  # AutoInt layers in the user/context tower, as the baseline
+    attn_heads: int = 2
+    query_tokens: int = 4  # one d-vector split into a few tokens: several "aspects" to attend with
+    cross_layers: int = 2
+    dim: int = 64  # intent vector size for the dot products
+    n_experts: int = 4
+    expert_hidden: int = 128
+    dropout: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cardinalities", tuple(int(c) for c in self.cardinalities))
+        if any(c < 1 for c in self.cardinalities) or self.n_numeric < 0 or self.n_intents < 1:
+            raise ConfigError(
+                f"QE ranker needs cardinalities >= 1, n_numeric >= 0, n_intents >= 1; got "
+                f"{list(self.cardinalities)}, {self.n_numeric}, {self.n_intents}"
+            )
+        if len(self.cardinalities) + self.n_numeric == 0:
+            raise ConfigError("QE ranker needs at least one categorical or numeric feature")
+        if self.field_dim % self.attn_heads:
+            raise ConfigError(f"field_dim {self.field_dim} must divide by attn_heads {self.attn_heads}")
+        if self.d_query < 1 or self.query_tokens < 1 or self.text_dim < 0:
+            raise ConfigError("QE ranker needs d_query >= 1, query_tokens >= 1, text_dim >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["cardinalities"] = list(self.cardinalities)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> QERankerConfig:
+        return config_from_dict(cls, d)
+
+
+class QERanker(nn.Module):
+    """Three-tower ranker with mutual cross-attention over a fixed KB of ``n_intents`` intents."""
+
+    def __init__(self, config: QERankerConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        with torch.random.fork_rng(devices=[]):  # seeded init, global RNG untouched
+            torch.manual_seed(c.seed)
+            # user/context tower
+            self.fields = FieldEmbedding(c.cardinalities, c.n_numeric, c.field_dim)
+            self.interacting = nn.ModuleList(
+                InteractingLayer(c.field_dim, c.attn_heads, c.dropout) for _ in range(c.attn_layers)
+            )
+            # query tower
+            self.query_in = nn.Linear(c.d_query, c.query_tokens * c.field_dim)
+            self.query_pos = nn.Parameter(torch.randn(c.query_tokens, c.field_dim) * 0.02)
+            # mutual attention
+            self.q_from_f = nn.ModuleList(
+                CrossAttention(c.field_dim, c.attn_heads, dropout=c.dropout) for _ in range(c.cross_layers)
+            )
+            self.f_from_q = nn.ModuleList(
+                CrossAttention(c.field_dim, c.attn_heads, dropout=c.dropout) for _ in range(c.cross_layers)
+            )
+            self.token_norm = nn.LayerNorm(c.field_dim)
+            # intent tower
+            self.intent_emb = nn.Embedding(c.n_intents, c.dim)
+            nn.init.normal_(self.intent_emb.weight, std=0.05)
+            self.text_in = nn.Linear(c.text_dim, c.dim) if c.text_dim else None
+            self.intent_mlp = nn.Sequential(nn.Linear(c.dim, 2 * c.dim), nn.GELU(), nn.Linear(2 * c.dim, c.dim))
+            self.intent_bias = nn.Parameter(torch.zeros(c.n_intents))
+            # score heads
+            n_tokens = len(c.cardinalities) + c.n_numeric + c.query_tokens
+            self.head = MixtureOfExpertsScorer(n_tokens * c.field_dim, c.dim, c.n_experts, c.expert_hidden, c.dropout)
+            self.ta_q = nn.Linear(c.dim, c.dim, bias=False)
+            self.ta_k = nn.Linear(c.field_dim, c.dim, bias=False)
+            self.ta_v = nn.Linear(c.field_dim, c.dim, bias=False)
+            self.ta_o = nn.Linear(c.dim, c.dim, bias=False)
+        # the KB's intent text embeddings (from the reasoner backbone); zeros until set. A buffer:
+        # saved in the checkpoint and exported as a constant, never trained
+        self.register_buffer("intent_text_emb", torch.zeros(c.n_intents, max(c.text_dim, 0)))
+
+    def set_intent_text_emb(self, emb: torch.Tensor) -> None:
+        """Install the KB's text embeddings (N, text_dim), e.g. ``reasoner.encode_texts(texts)``."""
+        want = (self.config.n_intents, self.config.text_dim)
+        if tuple(emb.shape) != want:
+            raise ConfigError(f"intent text embeddings have shape {tuple(emb.shape)}, the QE ranker needs {want}")
+        with torch.no_grad():
+            self.intent_text_emb.copy_(emb.to(self.intent_text_emb))
+
+    # ---- towers -----------------------------------------------------------------------------
+
+    def request_tokens(self, cat: torch.Tensor, num: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """Fused user/context + query tokens: cat (B, Fc), num (B, Fn), query (B, d)
+        -> (B, F + Lq, field_dim)."""
+        f = self.fields(cat, num)
+        for layer in self.interacting:
+            f = layer(f)
+        q = self.query_in(query).view(query.shape[0], self.config.query_tokens, -1) + self.query_pos
+        for q_att, f_att in zip(self.q_from_f, self.f_from_q):
+            q, f = q_att(q, f), f_att(f, q)  # mutual: both read the other's previous tokens
+        return self.token_norm(torch.cat([f, q], dim=1))
+
+    def intent_table(self) -> torch.Tensor:
+        """The KB's intent vectors (N, dim): id embedding + projected text embedding, MLP'd."""
+        e = self.intent_emb.weight
+        if self.text_in is not None:
+            e = e + self.text_in(self.intent_text_emb)
+        return e + self.intent_mlp(e)
+
+    def _score(self, tokens: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """tokens (B, L, field_dim), intent vectors v (B, S, dim) or (1, S, dim) -> (B, S)."""
+        moe = self.head(tokens.flatten(1), v)
+        keys = self.ta_k(tokens)  # (B, L, dim)
+        att = torch.softmax(self.ta_q(v) @ keys.transpose(1, 2) / self.config.dim**0.5, dim=-1)  # (B, S, L)
+        context = att @ self.ta_v(tokens)  # (B, S, dim)
+        return moe + (context * self.ta_o(v)).sum(dim=-1)
+
+    # ---- scoring ----------------------------------------------------------------------------
+
+    def forward(
+        self, cat: torch.Tensor, num: torch.Tensor, query: torch.Tensor, intent_idx: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits of the given intents: cat (B, Fc) int64, num (B, Fn) float32, query (B, d),
+        intent_idx (B, S) int64 -> (B, S)."""
+        v = self.intent_table()[intent_idx]  # (B, S, dim)
+        return self._score(self.request_tokens(cat, num, query), v) + self.intent_bias[intent_idx]
+
+    def score_all(self, cat: torch.Tensor, num: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """Logits of every KB intent in one pass: (B, Fc), (B, Fn), (B, d) -> (B, N)."""
+        v = self.intent_table().unsqueeze(0)  # (1, N, dim), broadcast over the batch
+        return self._score(self.request_tokens(cat, num, query), v) + self.intent_bias
+
+    def topk(
+        self, cat: torch.Tensor, num: torch.Tensor, query: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k logits and KB indices: ((B, k) float32, (B, k) int64), best first."""
+        return torch.topk(self.score_all(cat, num, query), k, dim=-1)
+
+    # ---- checkpoint -------------------------------------------------------------------------
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        return save_module(directory, self, KIND, self.config.to_dict())
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> QERanker:
+        config, state = read_checkpoint(directory, KIND)
+        model = cls(QERankerConfig.from_dict(config))
+        model.load_state_dict(state)
+        return model.eval()
