@@ -41,6 +41,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBase, Qwen3Config
+from transformers.utils import logging as _hf_logging
+
+# checkpoints are tiny and local: the hub-download style progress bars are noise in our output
+_hf_logging.disable_progress_bar()
 
 from rgalign.errors import ConfigError
 from rgalign.io import atomic_dir, read_json, write_json_atomic

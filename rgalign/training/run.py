@@ -121,3 +121,49 @@ class RunDir:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         write_json_atomic(self.run_json, info)
+
+
+# Stages that leave a reasoner (``<stage>/reasoner/``) and a QE ranker (``<stage>/ranker/``).
+REASONER_STAGES = (1, 3, 4, 5)
+QE_RANKER_STAGES = (2, 6)
+
+
+def _finished_stage_dirs(run: RunDir, indices: tuple[int, ...], sub: str) -> list[Path]:
+    """Finished stage folders holding ``sub``, in training order (round, then stage)."""
+    found = []
+    for d in (run.root / "stages").glob("*"):
+        if not (d / "stage.json").is_file() or not (d / sub).is_dir():
+            continue
+        head, _, rest = d.name.partition("-")
+        if not head.isdigit() or int(head) not in indices:
+            continue
+        round_ = int(rest.rsplit("-r", 1)[1]) if "-r" in rest and rest.rsplit("-r", 1)[1].isdigit() else 0
+        found.append((round_, int(head), d / sub))
+    return [p for _, _, p in sorted(found)]
+
+
+def latest_reasoner_dir(run: RunDir) -> Path | None:
+    """The reasoner of the last finished stage that trained one (what export and serving use)."""
+    dirs = _finished_stage_dirs(run, REASONER_STAGES, "reasoner")
+    return dirs[-1] if dirs else None
+
+
+def latest_qe_ranker_dir(run: RunDir) -> Path | None:
+    """The QE ranker of the last finished reward/calibrate stage."""
+    dirs = _finished_stage_dirs(run, QE_RANKER_STAGES, "ranker")
+    return dirs[-1] if dirs else None
+
+
+def final_models(run: RunDir) -> tuple[Path, Path]:
+    """(reasoner_dir, qe_ranker_dir) of the deployable pair: the last QE ranker and the reasoner
+    it was trained on (its stage.json records it), so the two always match."""
+    from rgalign.errors import TrainError
+
+    ranker = latest_qe_ranker_dir(run)
+    if ranker is None:
+        raise TrainError(f"{run.root}: no finished QE ranker stage (2 or 6); run `rgalign train` with stages 0-2 first")
+    info = read_json(ranker.parent / "stage.json")
+    reasoner = run.root / info["reasoner"]
+    if not reasoner.is_dir():
+        raise TrainError(f"{run.root}: the reasoner {info['reasoner']} recorded by {ranker.parent.name} is missing")
+    return reasoner, ranker

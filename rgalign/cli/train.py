@@ -1,0 +1,89 @@
+"""``rgalign train DATA --out RUN`` and ``rgalign eval RUN DATA`` (SPEC §3)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from rgalign.cli._app import app, console
+
+METRIC_KEYS = ("auc", "gauc", "logloss", "error_rate")
+
+
+def _read_config(path: Path | None) -> dict | None:
+    """The --config file (YAML or JSON), read here at the CLI boundary only."""
+    if path is None:
+        return None
+    from rgalign.errors import ConfigError
+
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    import yaml
+
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            return json.loads(text)
+        return yaml.safe_load(text) or {}
+    except (ValueError, yaml.YAMLError) as e:
+        raise ConfigError(f"--config {path}: cannot parse: {e}") from None
+
+
+def print_metrics(result: dict) -> None:
+    """The ablation table: one row per model, deltas relative to the baseline."""
+    test = result.get("test", {})
+    if not test:
+        console.print("no finished ranker to evaluate yet")
+        return
+    keys = list(next(iter(test.values())).keys())
+    table = Table(title="test split", title_justify="left")
+    table.add_column("model")
+    for k in keys:
+        table.add_column(k, justify="right")
+    rel = result.get("relative_to_baseline", {})
+    for name, m in test.items():
+        table.add_row(name, *[f"{m[k]:.4f}" for k in keys])
+        if name in rel:
+            table.add_row("  vs baseline", *[f"{100 * rel[name][k]:+.2f}%" for k in keys], style="dim")
+    console.print(table)
+
+
+@app.command("train")
+def train_cmd(
+    data: Path = typer.Argument(..., help="Dataset folder (SPEC §1)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder; an existing one is resumed after its last finished stage."),
+    config: Path = typer.Option(None, "--config", help="YAML/JSON overriding any TrainConfig keys."),
+    stages: str = typer.Option("0-2", "--stages", help="Stages to run, e.g. 0-2 or 0,2 (SPEC §3)."),
+    backbone: str = typer.Option(None, "--backbone", help="Reasoner backbone: a local Hugging Face causal-LM folder."),
+    seed: int = typer.Option(None, "--seed", help="Random seed (overrides the config's)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Train the baseline, the reasoner and the QE ranker stage by stage; writes RUN/metrics.json."""
+    from dataclasses import replace
+
+    from rgalign.training.config import TrainConfig
+    from rgalign.training.trainer import parse_stages, train
+
+    cfg = TrainConfig.from_dict(_read_config(config)).with_backbone(backbone)
+    if seed is not None:
+        cfg = replace(cfg, seed=seed)
+    result = train(data, out, cfg, parse_stages(stages), log=lambda m: console.print(m, highlight=False), quiet=quiet)
+    if result:
+        print_metrics(result)
+        console.print(f"wrote {out / 'metrics.json'}")
+
+
+@app.command("eval")
+def eval_cmd(
+    run: Path = typer.Argument(..., help="Run folder written by `rgalign train`."),
+    data: Path = typer.Argument(..., help="The dataset the run was trained on."),
+) -> None:
+    """Recompute RUN/metrics.json (test split) from the run's checkpoints."""
+    from rgalign.training.trainer import evaluate
+
+    result = evaluate(run, data, log=lambda m: console.print(m, highlight=False))
+    print_metrics(result)
+    console.print(f"wrote {run / 'metrics.json'}")

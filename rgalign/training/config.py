@@ -1,0 +1,89 @@
+"""What a training run is: one frozen dataclass per stage, gathered in :class:`TrainConfig`.
+
+Defaults are sized for the default synthetic dataset (20k requests, 200 intents) on a 2-core CPU:
+stages 0-2 in a few minutes. A YAML/JSON file given to ``rgalign train --config`` overrides any
+subset of keys (unknown keys are an error).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from rgalign.config import from_dict, to_dict
+
+
+@dataclass(frozen=True)
+class RankerStageConfig:
+    """Training of a ranker (stage 0 baseline, stage 2 reward model, stage 6 calibration)."""
+
+    epochs: int = 6  # with best-epoch selection on the valid split, more epochs cannot hurt much
+    batch_size: int = 256  # requests per step (~2.5k impressions): stable ListNet gradients
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    alpha_bce: float = 0.5  # pointwise BCE weight, for calibrated probabilities (logloss)
+    beta_kl: float = 0.1  # KL to the previous ranker (stage 6 only)
+
+
+@dataclass(frozen=True)
+class WarmupConfig:
+    """Stage 1: cold-start SFT of the reasoner, prompt -> text of the clicked intent."""
+
+    max_examples: int = 4000  # ~50 examples/s on 2 cores: ~80 s for one pass
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 1e-3  # a from-scratch 4-layer model tolerates a high rate; linear decay to 0
+
+
+@dataclass(frozen=True)
+class ModelSizes:
+    """Ranker architecture knobs shared by the baseline and the QE ranker (same capacity, so the
+    comparison isolates what the latent query adds)."""
+
+    field_dim: int = 16
+    attn_layers: int = 2
+    attn_heads: int = 2
+    dim: int = 64
+    n_experts: int = 4
+    expert_hidden: int = 128
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class ReasonerSizes:
+    """The default reasoner backbone (a Qwen3-architecture model built from a config)."""
+
+    backbone: str | None = None  # a local HF causal-LM folder or hub name overrides the default
+    vocab_size: int = 2048
+    hidden: int = 256
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate: int = 512
+    max_len: int = 128
+    d_query: int = 64
+    tokenizer_corpus: int = 5000  # training prompts the tokenizer is trained on (plus KB texts)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    eval_k: int = 3  # Recall/NDCG/HitRate@K of SPEC §4
+    infer_batch: int = 128  # prompts per forward when computing latent queries
+    reasoner: ReasonerSizes = field(default_factory=ReasonerSizes)
+    ranker: ModelSizes = field(default_factory=ModelSizes)
+    baseline: RankerStageConfig = field(default_factory=RankerStageConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    reward: RankerStageConfig = field(default_factory=RankerStageConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> TrainConfig:
+        return from_dict(cls, d, where="train config")
+
+    def with_backbone(self, backbone: str | None) -> TrainConfig:
+        if backbone is None:
+            return self
+        return replace(self, reasoner=replace(self.reasoner, backbone=backbone))

@@ -1,0 +1,100 @@
+"""Scoring a split with a ranker and turning the scores into the SPEC §4 metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from rgalign import metrics
+from rgalign.data.requests import RequestArrays
+from rgalign.models.prompt import PromptFields, build_prompt
+from rgalign.training.distributed import DistInfo, all_gather_rows, shard
+
+EVAL_BATCH = 1024  # requests per scoring call: a (1024, 200) score matrix is small
+
+
+def baseline_forward(model: nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits (B, S) of the AutoInt+MoE baseline over the shown slate."""
+    return model(b["cat"], b["num"], b["shown"])
+
+
+def qe_forward(model: nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits (B, S) of the QE ranker over the shown slate, given the latent queries."""
+    return model(b["cat"], b["num"], b["query"], b["shown"])
+
+
+def _is_qe(model: nn.Module) -> bool:
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    return hasattr(inner, "set_intent_text_emb")
+
+
+@torch.no_grad()
+def slate_logits(model: nn.Module, forward, arrays: RequestArrays, query: torch.Tensor | None) -> np.ndarray:
+    """(R, S) logits over each request's shown slate (padded slots hold garbage; use the mask)."""
+    from rgalign.training.loops import slate_batch
+
+    was = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(arrays), EVAL_BATCH):
+        idx = np.arange(i, min(i + EVAL_BATCH, len(arrays)))
+        out.append(forward(model, slate_batch(arrays, idx, query)).numpy())
+    model.train(was)
+    return np.concatenate(out) if out else np.zeros((0, arrays.shown.shape[1]), np.float32)
+
+
+@torch.no_grad()
+def all_logits(model: nn.Module, arrays: RequestArrays, query: torch.Tensor | None) -> np.ndarray:
+    """(R, N) logits of every KB intent for each request (``score_all``)."""
+    was = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(arrays), EVAL_BATCH):
+        sl = slice(i, min(i + EVAL_BATCH, len(arrays)))
+        cat, num = torch.from_numpy(arrays.cat[sl]), torch.from_numpy(arrays.num[sl])
+        s = model.score_all(cat, num, query[sl]) if query is not None else model.score_all(cat, num)
+        out.append(s.numpy())
+    model.train(was)
+    return np.concatenate(out)
+
+
+def ranker_metrics(model: nn.Module, arrays: RequestArrays, query: torch.Tensor | None = None, k: int = 3) -> dict[str, float]:
+    """AUC, GAUC, logloss, error_rate on the shown impressions and Recall/NDCG/HitRate@k over all
+    KB intents (relevant = clicked), for one split."""
+    from rgalign.training.loops import torch_threads
+
+    forward = qe_forward if query is not None else baseline_forward
+    with torch_threads(1):
+        shown_logits = slate_logits(model, forward, arrays, query)
+        scores_all = all_logits(model, arrays, query)
+    m = arrays.mask
+    R, S = m.shape
+    labels = arrays.labels[m]
+    probs = 1.0 / (1.0 + np.exp(-shown_logits[m].astype(np.float64)))
+    groups = np.broadcast_to(arrays.groups[:, None], (R, S))[m]
+    request_rows = np.broadcast_to(np.arange(R)[:, None], (R, S))[m]
+    relevant = np.zeros(scores_all.shape, dtype=bool)
+    clicked = m & (arrays.labels > 0)
+    rows, cols = np.nonzero(clicked)
+    relevant[rows, arrays.shown[rows, cols]] = True
+    return metrics.compute_all(labels, probs, groups, request_rows, scores_all, relevant, k=k)
+
+
+def prompts_of(arrays: RequestArrays, fields: PromptFields) -> list[str]:
+    return [build_prompt(r, fields) for r in arrays.raw]
+
+
+@torch.no_grad()
+def latent_queries(reasoner, prompts: list[str], batch_size: int, dist: DistInfo, progress_bar=None, task=None) -> torch.Tensor:
+    """Latent queries (R, d) of ``prompts`` with the reasoner in eval mode; under DDP each rank
+    encodes its share and the results are gathered back in order."""
+    order = shard(np.arange(len(prompts)), dist)
+    out = []
+    for i in range(0, len(order), batch_size):
+        chunk = [prompts[j] for j in order[i : i + batch_size]]
+        out.append(reasoner.encode_prompts(chunk, batch_size=batch_size))
+        if progress_bar is not None:
+            progress_bar.update(task, advance=len(chunk) * dist.world_size)
+    local = torch.cat(out) if out else torch.zeros(0, reasoner.config.d_query)
+    return all_gather_rows(local, len(prompts), dist)

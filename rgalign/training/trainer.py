@@ -1,0 +1,367 @@
+"""``rgalign train``: the stages of SPEC §3 over one run folder, resumable, seeded.
+
+Each stage trains on every rank (DDP under torchrun), then rank 0 writes its folder atomically
+(checkpoint + ``stage.json`` with metrics, losses and timing) before the next stage starts. A
+finished stage is never re-run: an interrupted run resumes after the last finished one.
+
+Stages here: 0 baseline (AutoInt+MoE), 1 warm-up SFT of the reasoner, 2 QE reward ranker on the
+frozen reasoner's latent queries.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rgalign.config import to_dict
+from rgalign.data.encoders import FeatureEncoders
+from rgalign.data.loader import Dataset, load_dataset
+from rgalign.data.requests import RequestArrays, build_requests
+from rgalign.errors import ConfigError, TrainError
+from rgalign.io import atomic_dir, read_json, write_json_atomic, write_text_atomic
+from rgalign.metrics import abs_deltas, relative_deltas
+from rgalign.models.baseline import AutoIntMoE, BaselineConfig
+from rgalign.models.prompt import PromptFields, build_target
+from rgalign.models.qe_ranker import QERanker, QERankerConfig
+from rgalign.models.reasoner import Reasoner, ReasonerConfig
+from rgalign.models.tokenizer import load_tokenizer, train_tokenizer
+from rgalign.training import loops
+from rgalign.training.config import TrainConfig
+from rgalign.training.distributed import DistInfo, barrier, init_distributed
+from rgalign.training.evaluate import baseline_forward, latent_queries, prompts_of, qe_forward, ranker_metrics
+from rgalign.training.run import STAGE_NAMES, RunDir, fingerprint_files
+
+Log = Callable[[str], None]
+
+
+def parse_stages(spec: str) -> list[int]:
+    """``"0-2"`` -> [0, 1, 2]; ``"0,2"`` -> [0, 2]. Stages must exist and be in order."""
+    out: list[int] = []
+    try:
+        for part in spec.split(","):
+            lo, _, hi = part.strip().partition("-")
+            out.extend(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise ConfigError(f"--stages {spec!r}: expected a range like 0-2 or a list like 0,1,2") from None
+    implemented = sorted(STAGES)
+    bad = [s for s in out if s not in STAGE_NAMES]
+    if bad:
+        raise ConfigError(f"--stages {spec!r}: no stage {bad[0]}; stages are 0-6")
+    missing = [s for s in out if s not in STAGES]
+    if missing:
+        raise ConfigError(f"--stages {spec!r}: stage {missing[0]} ({STAGE_NAMES[missing[0]]}) is not implemented yet; "
+                          f"implemented: {implemented[0]}-{implemented[-1]}")
+    return sorted(set(out))
+
+
+@dataclass
+class Context:
+    """What every stage gets: the data, the run folder, the config and the process group."""
+
+    run: RunDir
+    config: TrainConfig
+    dataset: Dataset
+    encoders: FeatureEncoders
+    fields: PromptFields
+    tokenizer: Any
+    splits: dict[str, RequestArrays]
+    dist: DistInfo
+    log: Log
+    quiet: bool
+
+    def prompts(self, split: str) -> list[str]:
+        cache = self.__dict__.setdefault("_prompts", {})
+        if split not in cache:
+            cache[split] = prompts_of(self.splits[split], self.fields)
+        return cache[split]
+
+    def finish(self, index: int, save: Callable[[Path], None], info: dict[str, Any]) -> None:
+        """Rank 0 writes the stage folder (atomically); every rank waits for it."""
+        if self.dist.is_main:
+            with atomic_dir(self.run.stage_dir(index)) as d:
+                save(d)
+                info = {"stage": index, "name": STAGE_NAMES[index], **info}
+                write_json_atomic(d / "stage.json", info)
+        barrier(self.dist)
+
+
+# ---- stage 0: the AutoInt+MoE baseline --------------------------------------------------------
+
+
+def _baseline_config(ctx: Context) -> BaselineConfig:
+    s = ctx.config.ranker
+    return BaselineConfig(
+        cardinalities=tuple(ctx.encoders.cardinalities), n_numeric=len(ctx.encoders.numeric_fields),
+        n_intents=ctx.encoders.num_intents, field_dim=s.field_dim, attn_layers=s.attn_layers,
+        attn_heads=s.attn_heads, dim=s.dim, n_experts=s.n_experts, expert_hidden=s.expert_hidden,
+        dropout=s.dropout, seed=ctx.config.seed,
+    )
+
+
+def stage_baseline(ctx: Context) -> None:
+    c = ctx.config.baseline
+    model = AutoIntMoE(_baseline_config(ctx))
+    res = loops.train_ranker(
+        model, baseline_forward, ctx.splits["train"], ctx.splits["valid"], epochs=c.epochs,
+        batch_size=c.batch_size, lr=c.lr, weight_decay=c.weight_decay, alpha_bce=c.alpha_bce,
+        seed=ctx.config.seed, dist=ctx.dist, description="0 baseline", quiet=ctx.quiet,
+    )
+    valid = ranker_metrics(model, ctx.splits["valid"], k=ctx.config.eval_k) if ctx.dist.is_main else {}
+
+    def save(d: Path) -> None:
+        model.save(d / "ranker")
+        write_text_atomic(d / "losses.csv", res.log.to_csv())
+
+    ctx.finish(0, save, {"seconds": res.seconds, "impressions_per_s": res.impressions_per_s,
+                         "best_epoch": res.best_epoch, "valid": valid})
+    ctx.log(f"stage 0 baseline: valid GAUC {valid.get('gauc', float('nan')):.4f}, {res.seconds:.0f} s, "
+            f"{res.impressions_per_s:,.0f} impressions/s")
+
+
+# ---- stage 1: reasoner warm-up SFT ------------------------------------------------------------
+
+
+def _reasoner_config(ctx: Context) -> ReasonerConfig:
+    r = ctx.config.reasoner
+    return ReasonerConfig(
+        backbone=r.backbone, vocab_size=r.vocab_size, hidden=r.hidden, layers=r.layers, heads=r.heads,
+        kv_heads=r.kv_heads, intermediate=r.intermediate, max_len=r.max_len, d_query=r.d_query,
+        seed=ctx.config.seed,
+    )
+
+
+def warmup_examples(ctx: Context) -> tuple[list[str], list[str]]:
+    """(prompt, text of the clicked intents) for training requests with a click, subsampled."""
+    tr = ctx.splits["train"]
+    clicked = tr.mask & (tr.labels > 0)
+    rows = np.flatnonzero(clicked.any(axis=1))
+    rng = np.random.default_rng(ctx.config.seed + 1)
+    if len(rows) > ctx.config.warmup.max_examples:
+        rows = np.sort(rng.choice(rows, ctx.config.warmup.max_examples, replace=False))
+    prompts = ctx.prompts("train")
+    texts = ctx.encoders.intent_texts
+    targets = [build_target([texts[i] for i in tr.shown[r][clicked[r]]]) for r in rows]
+    return [prompts[r] for r in rows], targets
+
+
+def stage_warmup(ctx: Context) -> None:
+    c = ctx.config.warmup
+    reasoner = Reasoner(_reasoner_config(ctx), ctx.tokenizer)
+    prompts, targets = warmup_examples(ctx)
+    if not prompts:
+        raise TrainError("stage 1: no training request has a click; the warm-up SFT needs clicked intents")
+    res = loops.train_sft(
+        reasoner, ctx.tokenizer, prompts, targets, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
+        max_len=reasoner.config.max_len, seed=ctx.config.seed, dist=ctx.dist, description="1 warm-up SFT",
+        quiet=ctx.quiet,
+    )
+
+    def save(d: Path) -> None:
+        reasoner.save(d / "reasoner")
+        write_text_atomic(d / "losses.csv", res.log.to_csv())
+
+    ctx.finish(1, save, {"seconds": res.seconds, "examples": len(prompts), "examples_per_s": res.examples_per_s,
+                         "tokens_per_s": res.tokens_per_s, "final_lm_loss": res.final_loss})
+    ctx.log(f"stage 1 warm-up: {len(prompts)} examples, final LM loss {res.final_loss:.3f}, {res.seconds:.0f} s, "
+            f"{res.examples_per_s:.1f} examples/s")
+
+
+# ---- stage 2: QE reward ranker on the frozen reasoner -----------------------------------------
+
+
+def qe_config(ctx: Context, reasoner: Reasoner) -> QERankerConfig:
+    s = ctx.config.ranker
+    return QERankerConfig(
+        cardinalities=tuple(ctx.encoders.cardinalities), n_numeric=len(ctx.encoders.numeric_fields),
+        n_intents=ctx.encoders.num_intents, d_query=reasoner.config.d_query, text_dim=reasoner.hidden_size,
+        field_dim=s.field_dim, attn_layers=s.attn_layers, attn_heads=s.attn_heads, dim=s.dim,
+        n_experts=s.n_experts, expert_hidden=s.expert_hidden, dropout=s.dropout, seed=ctx.config.seed,
+    )
+
+
+def compute_latents(ctx: Context, reasoner: Reasoner, splits: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Latent queries of each split's requests, once (the reasoner is frozen while they are used)."""
+    splits = list(splits)
+    out = {}
+    total = sum(len(ctx.splits[s]) for s in splits)
+    with loops.progress(disable=ctx.quiet or not ctx.dist.is_main) as bar:
+        task = bar.add_task("latent queries", total=total, info="")
+        for s in splits:
+            out[s] = latent_queries(reasoner, ctx.prompts(s), ctx.config.infer_batch, ctx.dist, bar, task)
+    return out
+
+
+def stage_reward(ctx: Context) -> None:
+    c = ctx.config.reward
+    reasoner_dir = _require_reasoner(ctx)
+    reasoner = Reasoner.load(reasoner_dir).eval()
+    for p in reasoner.parameters():  # frozen: stage 2 trains the ranker only
+        p.requires_grad_(False)
+    t0 = time.perf_counter()
+    q = compute_latents(ctx, reasoner, ["train", "valid"])
+    latent_seconds = time.perf_counter() - t0
+    model = QERanker(qe_config(ctx, reasoner))
+    model.set_intent_text_emb(reasoner.encode_texts(ctx.encoders.intent_texts))
+    res = loops.train_ranker(
+        model, qe_forward, ctx.splits["train"], ctx.splits["valid"], epochs=c.epochs, batch_size=c.batch_size,
+        lr=c.lr, weight_decay=c.weight_decay, alpha_bce=c.alpha_bce, seed=ctx.config.seed, dist=ctx.dist,
+        train_query=q["train"], valid_query=q["valid"], description="2 QE reward ranker", quiet=ctx.quiet,
+    )
+    valid = ranker_metrics(model, ctx.splits["valid"], q["valid"], k=ctx.config.eval_k) if ctx.dist.is_main else {}
+
+    def save(d: Path) -> None:
+        model.save(d / "ranker")
+        write_text_atomic(d / "losses.csv", res.log.to_csv())
+
+    ctx.finish(2, save, {
+        "seconds": res.seconds + latent_seconds, "ranker_seconds": res.seconds, "latent_seconds": latent_seconds,
+        "impressions_per_s": res.impressions_per_s, "best_epoch": res.best_epoch, "valid": valid,
+        "reasoner": str(reasoner_dir.relative_to(ctx.run.root)),
+    })
+    ctx.log(f"stage 2 reward: valid GAUC {valid.get('gauc', float('nan')):.4f}, latents {latent_seconds:.0f} s, "
+            f"ranker {res.seconds:.0f} s, {res.impressions_per_s:,.0f} impressions/s")
+
+
+def _require_reasoner(ctx: Context) -> Path:
+    from rgalign.training.run import latest_reasoner_dir
+
+    d = latest_reasoner_dir(ctx.run)
+    if d is None:
+        raise TrainError(f"{ctx.run.root}: stage 2 needs the warm-up reasoner; run stage 1 first (--stages 0-2)")
+    return d
+
+
+STAGES: dict[int, Callable[[Context], None]] = {0: stage_baseline, 1: stage_warmup, 2: stage_reward}
+
+
+# ---- the run ----------------------------------------------------------------------------------
+
+
+def _data_fingerprint(dataset: Dataset) -> str:
+    files = [Path(dataset.root) / name for name in dataset.sources.values()]
+    return fingerprint_files([f for f in files if f.is_file()] + [Path(dataset.root) / "dataset.yaml"])
+
+
+def prepare(data: str | Path, out: str | Path, config: TrainConfig, dist: DistInfo, log: Log, quiet: bool) -> Context:
+    """Load and validate the data (before any training), and create or re-open the run folder."""
+    dataset = load_dataset(data)
+    run = RunDir(Path(out))
+    fp = _data_fingerprint(dataset)
+    if run.run_json.exists():
+        prev = read_json(run.run_json)
+        if prev["data"]["sha256"] != fp:
+            raise ConfigError(f"{run.root} was trained on other data ({prev['data']['path']}); use a new --out")
+        if prev["config"] != config.to_dict():
+            raise ConfigError(f"{run.root} was started with another config; resume with the same one or use a new --out")
+        if prev["seed"] != config.seed:
+            raise ConfigError(f"{run.root} was started with seed {prev['seed']}; use a new --out for seed {config.seed}")
+    elif dist.is_main:
+        run.root.mkdir(parents=True, exist_ok=True)
+        run.write_run_json(seed=config.seed, config=config.to_dict(), data_root=dataset.root, data_fingerprint=fp)
+    fields = PromptFields.from_schema(dataset.schema)
+    if run.encoders_json.exists():
+        encoders = FeatureEncoders.from_json(run.encoders_json)
+    else:
+        encoders = FeatureEncoders.fit(dataset)
+        if dist.is_main:
+            encoders.to_json(run.encoders_json)
+            write_json_atomic(run.root / "prompt_fields.json", fields.to_dict())
+    splits = {s: build_requests(dataset, encoders, s) for s in ("train", "valid", "test")}
+    ctx = Context(run, config, dataset, encoders, fields, None, splits, dist, log, quiet)
+    ctx.tokenizer = _tokenizer(ctx)
+    barrier(dist)
+    return ctx
+
+
+def _tokenizer(ctx: Context):
+    """The run's tokenizer: the backbone's own when one is given, else trained offline on training
+    prompts and the KB texts (deterministic, so every rank trains the same one)."""
+    backbone = ctx.config.reasoner.backbone
+    if ctx.run.tokenizer_dir.is_dir():
+        return load_tokenizer(ctx.run.tokenizer_dir)
+    if backbone is not None and Path(backbone).is_dir():
+        tok = load_tokenizer(backbone, padding_side="left")
+    elif backbone is not None:
+        from rgalign.models.reasoner import build_backbone  # noqa: F401 - hub names need the hub
+
+        raise ConfigError(f"--backbone {backbone!r}: not a local folder, and this machine has no model hub; "
+                          "pass a folder holding a Hugging Face causal LM and its tokenizer")
+    else:
+        prompts = ctx.prompts("train")
+        rng = np.random.default_rng(ctx.config.seed)
+        n = min(len(prompts), ctx.config.reasoner.tokenizer_corpus)
+        corpus = [prompts[i] for i in rng.choice(len(prompts), n, replace=False)] + list(ctx.encoders.intent_texts)
+        tok = train_tokenizer(corpus, vocab_size=ctx.config.reasoner.vocab_size,
+                              model_max_length=ctx.config.reasoner.max_len)
+    if ctx.dist.is_main:
+        tok.save_pretrained(str(ctx.run.tokenizer_dir))
+    return tok
+
+
+def train(
+    data: str | Path,
+    out: str | Path,
+    config: TrainConfig | None = None,
+    stages: list[int] | None = None,
+    *,
+    log: Log = print,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Run ``stages`` (default: all implemented) of SPEC §3 into ``out``; return metrics.json."""
+    config = config or TrainConfig()
+    stages = stages if stages is not None else sorted(STAGES)
+    dist = init_distributed()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    ctx = prepare(data, out, config, dist, log if dist.is_main else (lambda _m: None), quiet)
+    for index in stages:
+        if ctx.run.finished(index):
+            ctx.log(f"stage {index} {STAGE_NAMES[index]}: finished earlier, skipped")
+            continue
+        torch.manual_seed(config.seed * 1000 + index)
+        STAGES[index](ctx)
+    result: dict[str, Any] = {}
+    if dist.is_main:
+        result = evaluate_run(ctx)
+    barrier(dist)
+    return result
+
+
+def evaluate_run(ctx: Context) -> dict[str, Any]:
+    """Test metrics of every finished model of the run -> ``RUN/metrics.json`` (the ablation)."""
+    k = ctx.config.eval_k
+    test = ctx.splits["test"]
+    per_model: dict[str, dict[str, float]] = {}
+    baseline_dir = ctx.run.stage_dir(0) / "ranker"
+    if ctx.run.finished(0):
+        per_model["baseline"] = ranker_metrics(AutoIntMoE.load(baseline_dir), test, k=k)
+    if ctx.run.finished(2):
+        reasoner_dir = ctx.run.root / ctx.run.stage_info(2)["reasoner"]
+        reasoner = Reasoner.load(reasoner_dir).eval()
+        q = latent_queries(reasoner, ctx.prompts("test"), ctx.config.infer_batch, DistInfo())
+        per_model["qe"] = ranker_metrics(QERanker.load(ctx.run.stage_dir(2) / "ranker"), test, q, k=k)
+    out: dict[str, Any] = {"test": per_model, "k": k}
+    if "baseline" in per_model:
+        out["relative_to_baseline"] = {m: relative_deltas(v, per_model["baseline"]) for m, v in per_model.items() if m != "baseline"}
+        out["absolute_to_baseline"] = {m: abs_deltas(v, per_model["baseline"]) for m, v in per_model.items() if m != "baseline"}
+    out["stages"] = {
+        f"{i}-{STAGE_NAMES[i]}": {k2: v for k2, v in ctx.run.stage_info(i).items() if k2 not in ("stage", "name")}
+        for i in STAGE_NAMES if ctx.run.finished(i)
+    }
+    write_json_atomic(ctx.run.metrics_json, out)
+    return out
+
+
+def evaluate(run_dir: str | Path, data: str | Path, *, log: Log = print) -> dict[str, Any]:
+    """``rgalign eval RUN DATA``: recompute metrics.json from the run's checkpoints."""
+    run = RunDir(Path(run_dir))
+    if not run.run_json.is_file():
+        raise TrainError(f"{run.root}: not a run folder (no run.json); train one with `rgalign train DATA --out {run.root}`")
+    config = TrainConfig.from_dict(read_json(run.run_json)["config"])
+    ctx = prepare(data, run.root, config, DistInfo(), log, quiet=True)
+    return evaluate_run(ctx)
