@@ -17,6 +17,7 @@ from rgalign.errors import RgalignError
 # Importing the command modules registers their commands on ``app``.
 from rgalign.cli import data as _data  # noqa: F401,E402
 from rgalign.cli import train as _train  # noqa: F401,E402
+from rgalign.cli import quickstart as _quickstart  # noqa: F401,E402
 
 
 def main(argv: list[str] | None = None) -> None:
