@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from rgalign.cli._app import app, console, state
 from rgalign.errors import RgalignError
@@ -18,6 +19,7 @@ from rgalign.errors import RgalignError
 from rgalign.cli import data as _data  # noqa: F401,E402
 from rgalign.cli import train as _train  # noqa: F401,E402
 from rgalign.cli import quickstart as _quickstart  # noqa: F401,E402
+from rgalign.cli import export as _export  # noqa: F401,E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,7 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     except RgalignError as e:
         if state.verbose:
             console.print_exception()
-        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        # escape: a message may hold brackets (rgalign[gpu], a list) that rich would eat as markup
+        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except typer.Exit as e:
         sys.exit(e.exit_code)

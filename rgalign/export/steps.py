@@ -1,0 +1,69 @@
+"""The export as a list of named steps, each ending OK, FAIL or SKIPPED with its time and a message
+(as Triton Model Navigator records its pipeline). The log goes into ``manifest.json``; a
+``progress`` callback sees every step start and end (the CLI draws it with rich).
+
+Arguments are passed explicitly (`StepLog.run(name, fn, *args)`), never filtered out of a
+``**kwargs`` bag, so a reader sees where every value comes from.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+OK, FAIL, SKIPPED, START = "OK", "FAIL", "SKIPPED", "START"
+
+# progress(step name, status, message): status is START when a step begins
+Progress = Callable[[str, str, str], None]
+
+
+@dataclass
+class StepRecord:
+    name: str
+    status: str
+    seconds: float
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status, "seconds": round(self.seconds, 3), "message": self.message}
+
+
+class StepLog:
+    def __init__(self, progress: Progress | None = None) -> None:
+        self.records: list[StepRecord] = []
+        self._progress = progress
+
+    def _emit(self, rec: StepRecord) -> None:
+        self.records.append(rec)
+        if self._progress is not None:
+            self._progress(rec.name, rec.status, rec.message)
+
+    def run(self, name: str, fn: Callable[..., T], *args: Any, message: Callable[[T], str] | None = None) -> T:
+        """Run ``fn(*args)`` as step ``name``: OK with ``message(result)``, or FAIL with the
+        exception's first line (and the exception re-raised)."""
+        if self._progress is not None:
+            self._progress(name, START, "")
+        t0 = time.perf_counter()
+        try:
+            result = fn(*args)
+        except BaseException as e:
+            text = str(e).strip()
+            first = text.splitlines()[0] if text else type(e).__name__
+            self._emit(StepRecord(name, FAIL, time.perf_counter() - t0, first))
+            raise
+        self._emit(StepRecord(name, OK, time.perf_counter() - t0, message(result) if message else ""))
+        return result
+
+    def record(self, name: str, status: str, seconds: float, message: str = "") -> None:
+        """A step whose outcome the caller decided (a gate: FAIL without raising yet)."""
+        self._emit(StepRecord(name, status, seconds, message))
+
+    def skip(self, name: str, reason: str) -> None:
+        self._emit(StepRecord(name, SKIPPED, 0.0, reason))
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [r.to_dict() for r in self.records]
