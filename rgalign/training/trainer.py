@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -288,8 +288,6 @@ def _tokenizer(ctx: Context):
     if backbone is not None and Path(backbone).is_dir():
         tok = load_tokenizer(backbone, padding_side="left")
     elif backbone is not None:
-        from rgalign.models.reasoner import build_backbone  # noqa: F401 - hub names need the hub
-
         raise ConfigError(f"--backbone {backbone!r}: not a local folder, and this machine has no model hub; "
                           "pass a folder holding a Hugging Face causal LM and its tokenizer")
     else:
