@@ -94,14 +94,17 @@ class Context:
 # ---- stage 0: the AutoInt+MoE baseline --------------------------------------------------------
 
 
+def _ranker_kwargs(ctx: Context) -> dict[str, Any]:
+    """What the baseline and the QE ranker configs share: the feature layout from the encoders and
+    the sizes of ``TrainConfig.ranker`` (same capacity, so the comparison isolates the query)."""
+    return {
+        "cardinalities": tuple(ctx.encoders.cardinalities), "n_numeric": len(ctx.encoders.numeric_fields),
+        "n_intents": ctx.encoders.num_intents, **to_dict(ctx.config.ranker), "seed": ctx.config.seed,
+    }
+
+
 def _baseline_config(ctx: Context) -> BaselineConfig:
-    s = ctx.config.ranker
-    return BaselineConfig(
-        cardinalities=tuple(ctx.encoders.cardinalities), n_numeric=len(ctx.encoders.numeric_fields),
-        n_intents=ctx.encoders.num_intents, field_dim=s.field_dim, attn_layers=s.attn_layers,
-        attn_heads=s.attn_heads, dim=s.dim, n_experts=s.n_experts, expert_hidden=s.expert_hidden,
-        dropout=s.dropout, seed=ctx.config.seed,
-    )
+    return BaselineConfig(**_ranker_kwargs(ctx))
 
 
 def stage_baseline(ctx: Context) -> None:
@@ -176,13 +179,7 @@ def stage_warmup(ctx: Context) -> None:
 
 
 def qe_config(ctx: Context, reasoner: Reasoner) -> QERankerConfig:
-    s = ctx.config.ranker
-    return QERankerConfig(
-        cardinalities=tuple(ctx.encoders.cardinalities), n_numeric=len(ctx.encoders.numeric_fields),
-        n_intents=ctx.encoders.num_intents, d_query=reasoner.config.d_query, text_dim=reasoner.hidden_size,
-        field_dim=s.field_dim, attn_layers=s.attn_layers, attn_heads=s.attn_heads, dim=s.dim,
-        n_experts=s.n_experts, expert_hidden=s.expert_hidden, dropout=s.dropout, seed=ctx.config.seed,
-    )
+    return QERankerConfig(**_ranker_kwargs(ctx), d_query=reasoner.config.d_query, text_dim=reasoner.hidden_size)
 
 
 def compute_latents(ctx: Context, reasoner: Reasoner, splits: Iterable[str]) -> dict[str, torch.Tensor]:
