@@ -56,12 +56,13 @@ def train_cmd(
     data: Path = typer.Argument(..., help="Dataset folder (SPEC §1)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder; an existing one is resumed after its last finished stage."),
     config: Path = typer.Option(None, "--config", help="YAML/JSON overriding any TrainConfig keys."),
-    stages: str = typer.Option("0-2", "--stages", help="Stages to run, e.g. 0-2 or 0,2 (SPEC §3)."),
+    stages: str = typer.Option("0-6", "--stages", help="Stages to run, e.g. 0-6, 0-2 or 0,2 (SPEC §3)."),
+    rounds: int = typer.Option(1, "--rounds", min=1, help="Rounds of the closed loop: stages 3-6 run this many times."),
     backbone: str = typer.Option(None, "--backbone", help="Reasoner backbone: a local Hugging Face causal-LM folder."),
     seed: int = typer.Option(None, "--seed", help="Random seed (overrides the config's)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Train the baseline, the reasoner and the QE ranker stage by stage; writes RUN/metrics.json."""
+    """Train the baseline, the reasoner, the QE ranker and the RGA alignment stage by stage; writes RUN/metrics.json."""
     from dataclasses import replace
 
     from rgalign.training.config import TrainConfig
@@ -70,7 +71,7 @@ def train_cmd(
     cfg = TrainConfig.from_dict(_read_config(config)).with_backbone(backbone)
     if seed is not None:
         cfg = replace(cfg, seed=seed)
-    result = train(data, out, cfg, parse_stages(stages), log=lambda m: console.print(m, highlight=False), quiet=quiet)
+    result = train(data, out, cfg, parse_stages(stages), rounds=rounds, log=lambda m: console.print(m, highlight=False), quiet=quiet)
     if result:
         print_metrics(result)
         console.print(f"wrote {out / 'metrics.json'}")
@@ -87,3 +88,16 @@ def eval_cmd(
     result = evaluate(run, data, log=lambda m: console.print(m, highlight=False))
     print_metrics(result)
     console.print(f"wrote {run / 'metrics.json'}")
+
+
+@app.command("report")
+def report_cmd(
+    run: Path = typer.Argument(..., help="Run folder written by `rgalign train`."),
+    out: Path = typer.Option(None, "--out", "-o", help="Report folder (default RUN/report)."),
+) -> None:
+    """The paper-style ablation of a run: Markdown table, metric-per-stage chart, loss curves."""
+    from rgalign.training.report import write_report
+
+    folder = write_report(run, out)
+    console.print((folder / "report.md").read_text(), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"wrote {folder}/report.md, stages.png, losses.png and losses/*.csv")

@@ -1,7 +1,6 @@
 """What a training run is: one frozen dataclass per stage, gathered in :class:`TrainConfig`.
 
-Defaults are sized for the default synthetic dataset (20k requests, 200 intents) on a 2-core CPU:
-stages 0-2 in a few minutes. A YAML/JSON file given to ``rgalign train --config`` overrides any
+Defaults are sized for the default synthetic dataset (20k requests, 200 intents) on a 2-core CPU. A YAML/JSON file given to ``rgalign train --config`` overrides any
 subset of keys (unknown keys are an error).
 """
 
@@ -33,6 +32,48 @@ class WarmupConfig:
     epochs: int = 1
     batch_size: int = 32
     lr: float = 1e-3  # a from-scratch 4-layer model tolerates a high rate; linear decay to 0
+
+
+@dataclass(frozen=True)
+class RGSFTConfig:
+    """Stage 3: Best-of-N candidate queries scored by the reward model, SFT on the best."""
+
+    max_requests: int = 1000  # training requests with a click per round (sampling is the cost)
+    n_candidates: int = 8  # the N of Best-of-N
+    n_sampled: int = 4  # of which sampled from the reasoner; the rest are KB texts by prior score
+    temperature: float = 1.0
+    top_p: float = 0.95
+    max_new_tokens: int = 16  # an intent-like query is 5-12 tokens in this vocabulary
+    reward: str = "listnet"  # or "ndcg" (see rgalign.training.rga.reward_scores)
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 3e-4  # a fine-tune of the warmed-up reasoner: a third of the warm-up's rate
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    """Stage 4: DPO on the (best, worst) pairs of stage 3's pools, reference = the RG-SFT model."""
+
+    beta: float = 0.1
+    min_margin: float = 0.05  # reward (ListNet log-likelihood) margin below which a pair is noise
+    max_pairs: int = 1000
+    epochs: int = 1
+    batch_size: int = 16  # pairs per step (32 sequences through the policy)
+    lr: float = 5e-5
+
+
+@dataclass(frozen=True)
+class RGCLConfig:
+    """Stage 5: InfoNCE between the prompt's latent query and the preferred query / clicked
+    intents, with in-batch and KB negatives."""
+
+    max_requests: int = 3000
+    epochs: int = 1
+    batch_size: int = 64
+    lr: float = 2e-4
+    temperature: float = 0.1
+    preferred_weight: float = 0.5  # share of the preferred query in the positive (rest: clicked intents)
+    kb_negatives: bool = True
 
 
 @dataclass(frozen=True)
@@ -75,6 +116,10 @@ class TrainConfig:
     baseline: RankerStageConfig = field(default_factory=RankerStageConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     reward: RankerStageConfig = field(default_factory=RankerStageConfig)
+    rg_sft: RGSFTConfig = field(default_factory=RGSFTConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    rg_cl: RGCLConfig = field(default_factory=RGCLConfig)
+    calibrate: RankerStageConfig = field(default_factory=lambda: RankerStageConfig(epochs=4, lr=1e-3))
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

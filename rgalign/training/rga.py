@@ -271,10 +271,10 @@ def _token_rows(tokenizer, prompts, candidates, max_len: int) -> tuple[list[list
     """Token ids of the R prompts (``<bos>`` + end, ``max_len`` at most) and of the R * n
     candidates (``" " + text``, first ``max_len // 2`` tokens, never empty)."""
     p_rows = []
-    for p in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]:
+    for p in tokenizer(list(prompts), add_special_tokens=True, verbose=False)["input_ids"]:
         p = list(p)
         p_rows.append(p if len(p) <= max_len else [p[0]] + p[len(p) - max_len + 1 :])
-    c_all = tokenizer([" " + c.strip() for cs in candidates for c in cs], add_special_tokens=False)["input_ids"]
+    c_all = tokenizer([" " + c.strip() for cs in candidates for c in cs], add_special_tokens=False, verbose=False)["input_ids"]
     c_rows = [list(c)[: max(1, max_len // 2)] or [tokenizer.eos_token_id] for c in c_all]
     return p_rows, c_rows
 

@@ -5,39 +5,40 @@ Each stage trains on every rank (DDP under torchrun), then rank 0 writes its fol
 finished stage is never re-run: an interrupted run resumes after the last finished one.
 
 Stages here: 0 baseline (AutoInt+MoE), 1 warm-up SFT of the reasoner, 2 QE reward ranker on the
-frozen reasoner's latent queries.
+frozen reasoner's latent queries; 3-6, the Ranking-Guided Alignment loop, are in
+:mod:`rgalign.training.alignment` (``rounds`` repeats them).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from rgalign.config import to_dict
 from rgalign.data.encoders import FeatureEncoders
 from rgalign.data.loader import Dataset, load_dataset
-from rgalign.data.requests import RequestArrays, build_requests
+from rgalign.data.requests import build_requests
 from rgalign.errors import ConfigError, TrainError
-from rgalign.io import atomic_dir, read_json, write_json_atomic, write_text_atomic
+from rgalign.io import read_json, write_json_atomic, write_text_atomic
 from rgalign.metrics import abs_deltas, relative_deltas
 from rgalign.models.baseline import AutoIntMoE, BaselineConfig
 from rgalign.models.prompt import PromptFields, build_target
-from rgalign.models.qe_ranker import QERanker, QERankerConfig
-from rgalign.models.reasoner import Reasoner, ReasonerConfig
+from rgalign.models.qe_ranker import QERanker
+from rgalign.models.reasoner import Reasoner
 from rgalign.models.tokenizer import load_tokenizer, train_tokenizer
 from rgalign.training import loops
+from rgalign.training.alignment import RGA_STAGES
 from rgalign.training.config import TrainConfig
 from rgalign.training.distributed import DistInfo, barrier, init_distributed
-from rgalign.training.evaluate import baseline_forward, latent_queries, prompts_of, qe_forward, ranker_metrics
+from rgalign.training.evaluate import baseline_forward, latent_queries, qe_forward, ranker_metrics
+from rgalign.training.context import (
+    Context, Log, compute_latents, qe_config, ranker_kwargs, reasoner_config, require_reasoner,
+)
 from rgalign.training.run import STAGE_NAMES, RunDir, fingerprint_files
-
-Log = Callable[[str], None]
 
 
 def parse_stages(spec: str) -> list[int]:
@@ -49,62 +50,17 @@ def parse_stages(spec: str) -> list[int]:
             out.extend(range(int(lo), int(hi or lo) + 1))
     except ValueError:
         raise ConfigError(f"--stages {spec!r}: expected a range like 0-2 or a list like 0,1,2") from None
-    implemented = sorted(STAGES)
     bad = [s for s in out if s not in STAGE_NAMES]
     if bad:
         raise ConfigError(f"--stages {spec!r}: no stage {bad[0]}; stages are 0-6")
-    missing = [s for s in out if s not in STAGES]
-    if missing:
-        raise ConfigError(f"--stages {spec!r}: stage {missing[0]} ({STAGE_NAMES[missing[0]]}) is not implemented yet; "
-                          f"implemented: {implemented[0]}-{implemented[-1]}")
     return sorted(set(out))
-
-
-@dataclass
-class Context:
-    """What every stage gets: the data, the run folder, the config and the process group."""
-
-    run: RunDir
-    config: TrainConfig
-    dataset: Dataset
-    encoders: FeatureEncoders
-    fields: PromptFields
-    tokenizer: Any
-    splits: dict[str, RequestArrays]
-    dist: DistInfo
-    log: Log
-    quiet: bool
-
-    def prompts(self, split: str) -> list[str]:
-        cache = self.__dict__.setdefault("_prompts", {})
-        if split not in cache:
-            cache[split] = prompts_of(self.splits[split], self.fields)
-        return cache[split]
-
-    def finish(self, index: int, save: Callable[[Path], None], info: dict[str, Any]) -> None:
-        """Rank 0 writes the stage folder (atomically); every rank waits for it."""
-        if self.dist.is_main:
-            with atomic_dir(self.run.stage_dir(index)) as d:
-                save(d)
-                info = {"stage": index, "name": STAGE_NAMES[index], **info}
-                write_json_atomic(d / "stage.json", info)
-        barrier(self.dist)
 
 
 # ---- stage 0: the AutoInt+MoE baseline --------------------------------------------------------
 
 
-def _ranker_kwargs(ctx: Context) -> dict[str, Any]:
-    """What the baseline and the QE ranker configs share: the feature layout from the encoders and
-    the sizes of ``TrainConfig.ranker`` (same capacity, so the comparison isolates the query)."""
-    return {
-        "cardinalities": tuple(ctx.encoders.cardinalities), "n_numeric": len(ctx.encoders.numeric_fields),
-        "n_intents": ctx.encoders.num_intents, **to_dict(ctx.config.ranker), "seed": ctx.config.seed,
-    }
-
-
 def _baseline_config(ctx: Context) -> BaselineConfig:
-    return BaselineConfig(**_ranker_kwargs(ctx))
+    return BaselineConfig(**ranker_kwargs(ctx))
 
 
 def stage_baseline(ctx: Context) -> None:
@@ -130,15 +86,6 @@ def stage_baseline(ctx: Context) -> None:
 # ---- stage 1: reasoner warm-up SFT ------------------------------------------------------------
 
 
-def _reasoner_config(ctx: Context) -> ReasonerConfig:
-    r = ctx.config.reasoner
-    return ReasonerConfig(
-        backbone=r.backbone, vocab_size=r.vocab_size, hidden=r.hidden, layers=r.layers, heads=r.heads,
-        kv_heads=r.kv_heads, intermediate=r.intermediate, max_len=r.max_len, d_query=r.d_query,
-        seed=ctx.config.seed,
-    )
-
-
 def warmup_examples(ctx: Context) -> tuple[list[str], list[str]]:
     """(prompt, text of the clicked intents) for training requests with a click, subsampled."""
     tr = ctx.splits["train"]
@@ -155,7 +102,7 @@ def warmup_examples(ctx: Context) -> tuple[list[str], list[str]]:
 
 def stage_warmup(ctx: Context) -> None:
     c = ctx.config.warmup
-    reasoner = Reasoner(_reasoner_config(ctx), ctx.tokenizer)
+    reasoner = Reasoner(reasoner_config(ctx), ctx.tokenizer)
     prompts, targets = warmup_examples(ctx)
     if not prompts:
         raise TrainError("stage 1: no training request has a click; the warm-up SFT needs clicked intents")
@@ -178,25 +125,9 @@ def stage_warmup(ctx: Context) -> None:
 # ---- stage 2: QE reward ranker on the frozen reasoner -----------------------------------------
 
 
-def qe_config(ctx: Context, reasoner: Reasoner) -> QERankerConfig:
-    return QERankerConfig(**_ranker_kwargs(ctx), d_query=reasoner.config.d_query, text_dim=reasoner.hidden_size)
-
-
-def compute_latents(ctx: Context, reasoner: Reasoner, splits: Iterable[str]) -> dict[str, torch.Tensor]:
-    """Latent queries of each split's requests, once (the reasoner is frozen while they are used)."""
-    splits = list(splits)
-    out = {}
-    total = sum(len(ctx.splits[s]) for s in splits)
-    with loops.progress(disable=ctx.quiet or not ctx.dist.is_main) as bar:
-        task = bar.add_task("latent queries", total=total, info="")
-        for s in splits:
-            out[s] = latent_queries(reasoner, ctx.prompts(s), ctx.config.infer_batch, ctx.dist, bar, task)
-    return out
-
-
 def stage_reward(ctx: Context) -> None:
     c = ctx.config.reward
-    reasoner_dir = _require_reasoner(ctx)
+    reasoner_dir = require_reasoner(ctx, 2)
     reasoner = Reasoner.load(reasoner_dir).eval()
     for p in reasoner.parameters():  # frozen: stage 2 trains the ranker only
         p.requires_grad_(False)
@@ -225,16 +156,8 @@ def stage_reward(ctx: Context) -> None:
             f"ranker {res.seconds:.0f} s, {res.impressions_per_s:,.0f} impressions/s")
 
 
-def _require_reasoner(ctx: Context) -> Path:
-    from rgalign.training.run import latest_reasoner_dir
-
-    d = latest_reasoner_dir(ctx.run)
-    if d is None:
-        raise TrainError(f"{ctx.run.root}: stage 2 needs the warm-up reasoner; run stage 1 first (--stages 0-2)")
-    return d
-
-
 STAGES: dict[int, Callable[[Context], None]] = {0: stage_baseline, 1: stage_warmup, 2: stage_reward}
+# stages 3-6 take (ctx, round): rgalign.training.alignment
 
 
 # ---- the run ----------------------------------------------------------------------------------
@@ -305,21 +228,30 @@ def train(
     config: TrainConfig | None = None,
     stages: list[int] | None = None,
     *,
+    rounds: int = 1,
     log: Log = print,
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """Run ``stages`` (default: all implemented) of SPEC §3 into ``out``; return metrics.json."""
+    """Run ``stages`` (default: all, 0-6) of SPEC §3 into ``out``; stages 3-6 run ``rounds`` times
+    (the closed loop). Returns metrics.json."""
     config = config or TrainConfig()
-    stages = stages if stages is not None else sorted(STAGES)
+    stages = stages if stages is not None else sorted(STAGE_NAMES)
+    if rounds < 1:
+        raise ConfigError(f"--rounds {rounds}: need at least 1 round of stages 3-6")
     dist = init_distributed()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     ctx = prepare(data, out, config, dist, log if dist.is_main else (lambda _m: None), quiet)
-    for index in stages:
-        if ctx.run.finished(index):
-            ctx.log(f"stage {index} {STAGE_NAMES[index]}: finished earlier, skipped")
+    plan = [(i, 0) for i in stages if i in STAGES] + [(i, r) for r in range(rounds) for i in stages if i in RGA_STAGES]
+    for index, round_ in plan:
+        label = f"stage {index} {STAGE_NAMES[index]}" + (f" (round {round_})" if round_ else "")
+        if ctx.run.finished(index, round_):
+            ctx.log(f"{label}: finished earlier, skipped")
             continue
-        torch.manual_seed(config.seed * 1000 + index)
-        STAGES[index](ctx)
+        torch.manual_seed(config.seed * 1000 + 100 * round_ + index)
+        if index in STAGES:
+            STAGES[index](ctx)
+        else:
+            RGA_STAGES[index](ctx, round_)
     result: dict[str, Any] = {}
     if dist.is_main:
         result = evaluate_run(ctx)
@@ -327,26 +259,69 @@ def train(
     return result
 
 
+def _finished_stages(run: RunDir) -> list[tuple[int, int]]:
+    """(index, round) of every finished stage, in training order."""
+    out = []
+    for d in (run.root / "stages").glob("*/stage.json"):
+        info = read_json(d)
+        out.append((int(info.get("round", 0)), int(info["stage"])))
+    return [(i, r) for r, i in sorted(out)]
+
+
+def stage_label(index: int, round_: int) -> str:
+    """``3-rg-sft``, ``3-rg-sft-r1``: the stage folder's name, the key of metrics.json's per_stage."""
+    return f"{index}-{STAGE_NAMES[index]}" + (f"-r{round_}" if round_ else "")
+
+
+def _stage_models(run: RunDir, index: int, round_: int) -> tuple[Path, Path] | None:
+    """(reasoner, QE ranker) that represent a finished stage in the ablation: the stage's own pair
+    for 2 and 6; for 3-5 the stage's reasoner read by that round's reward model (what the reward
+    model makes of the partly aligned reasoner)."""
+    d = run.stage_dir(index, round_)
+    if index in (2, 6):
+        return run.root / run.stage_info(index, round_)["reasoner"], d / "ranker"
+    if index in (3, 4, 5) and run.finished(3, round_):
+        return d / "reasoner", run.root / run.stage_info(3, round_)["reward_model"]
+    return None
+
+
 def evaluate_run(ctx: Context) -> dict[str, Any]:
-    """Test metrics of every finished model of the run -> ``RUN/metrics.json`` (the ablation)."""
+    """Test metrics of every finished model of the run -> ``RUN/metrics.json`` (the ablation):
+    ``test`` holds baseline, qe (stage 2) and qe_rga (the last calibrate stage); ``per_stage``
+    every finished stage, in training order."""
     k = ctx.config.eval_k
     test = ctx.splits["test"]
+    latents: dict[Path, torch.Tensor] = {}
+
+    def qe_metrics(reasoner_dir: Path, ranker_dir: Path) -> dict[str, float]:
+        if reasoner_dir not in latents:
+            reasoner = Reasoner.load(reasoner_dir).eval()
+            latents[reasoner_dir] = latent_queries(reasoner, ctx.prompts("test"), ctx.config.infer_batch, DistInfo())
+        return ranker_metrics(QERanker.load(ranker_dir), test, latents[reasoner_dir], k=k)
+
+    per_stage: dict[str, dict[str, float]] = {}
+    for index, round_ in _finished_stages(ctx.run):
+        if index == 0:
+            per_stage[stage_label(0, 0)] = ranker_metrics(AutoIntMoE.load(ctx.run.stage_dir(0) / "ranker"), test, k=k)
+        elif (pair := _stage_models(ctx.run, index, round_)) is not None:
+            per_stage[stage_label(index, round_)] = qe_metrics(*pair)
     per_model: dict[str, dict[str, float]] = {}
-    baseline_dir = ctx.run.stage_dir(0) / "ranker"
-    if ctx.run.finished(0):
-        per_model["baseline"] = ranker_metrics(AutoIntMoE.load(baseline_dir), test, k=k)
-    if ctx.run.finished(2):
-        reasoner_dir = ctx.run.root / ctx.run.stage_info(2)["reasoner"]
-        reasoner = Reasoner.load(reasoner_dir).eval()
-        q = latent_queries(reasoner, ctx.prompts("test"), ctx.config.infer_batch, DistInfo())
-        per_model["qe"] = ranker_metrics(QERanker.load(ctx.run.stage_dir(2) / "ranker"), test, q, k=k)
+    if "0-baseline" in per_stage:
+        per_model["baseline"] = per_stage["0-baseline"]
+    if "2-reward" in per_stage:
+        per_model["qe"] = per_stage["2-reward"]
+    calibrated = [label for label in per_stage if label.startswith("6-")]
+    if calibrated:
+        per_model["qe_rga"] = per_stage[calibrated[-1]]
     out: dict[str, Any] = {"test": per_model, "k": k}
     if "baseline" in per_model:
-        out["relative_to_baseline"] = {m: relative_deltas(v, per_model["baseline"]) for m, v in per_model.items() if m != "baseline"}
-        out["absolute_to_baseline"] = {m: abs_deltas(v, per_model["baseline"]) for m, v in per_model.items() if m != "baseline"}
+        base = per_model["baseline"]
+        out["relative_to_baseline"] = {m: relative_deltas(v, base) for m, v in per_model.items() if m != "baseline"}
+        out["absolute_to_baseline"] = {m: abs_deltas(v, base) for m, v in per_model.items() if m != "baseline"}
+    out["per_stage"] = per_stage
     out["stages"] = {
-        f"{i}-{STAGE_NAMES[i]}": {k2: v for k2, v in ctx.run.stage_info(i).items() if k2 not in ("stage", "name")}
-        for i in STAGE_NAMES if ctx.run.finished(i)
+        stage_label(i, r): {k2: v for k2, v in ctx.run.stage_info(i, r).items() if k2 not in ("stage", "name")}
+        for i, r in _finished_stages(ctx.run)
     }
     write_json_atomic(ctx.run.metrics_json, out)
     return out

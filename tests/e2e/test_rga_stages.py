@@ -1,0 +1,193 @@
+"""Stages 3-6 (the RGA loop) end to end on the tiny dataset: two closed-loop rounds, the ablation
+in metrics.json, frozen models left untouched, Best-of-N on disk, resume, bad input, the report."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from rgalign.cli._app import app
+from rgalign.data.synth import synthesize
+from rgalign.errors import ConfigError, TrainError
+from rgalign.training import trainer
+from rgalign.training.alignment import CANDIDATES, _Frozen
+from rgalign.training.config import TrainConfig
+from rgalign.training.run import RunDir, final_models
+
+TINY_RGA = {
+    "reasoner": {"vocab_size": 400, "hidden": 64, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate": 128,
+                 "max_len": 96, "d_query": 16, "tokenizer_corpus": 200},
+    "ranker": {"field_dim": 8, "dim": 16, "expert_hidden": 32, "n_experts": 2},
+    "baseline": {"epochs": 2, "batch_size": 64},
+    "warmup": {"max_examples": 48, "batch_size": 16},
+    "reward": {"epochs": 2, "batch_size": 64},
+    "rg_sft": {"max_requests": 48, "batch_size": 16, "max_new_tokens": 8},
+    "dpo": {"batch_size": 8, "min_margin": 0.0},
+    "rg_cl": {"max_requests": 80, "batch_size": 32},
+    "calibrate": {"epochs": 2, "batch_size": 64},
+}
+METRICS = {"auc", "gauc", "logloss", "error_rate", "recall@3", "ndcg@3", "hitrate@3"}
+ROUND0 = ["3-rg-sft", "4-dpo", "5-rg-cl", "6-calibrate"]
+ROUND1 = [s + "-r1" for s in ROUND0]
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return synthesize(tmp_path_factory.mktemp("data") / "d", users=60, intents=50, requests=300, seed=0, slate_size=8)
+
+
+@pytest.fixture(scope="module")
+def rga_run(data, tmp_path_factory) -> tuple[Path, dict, dict]:
+    """Stages 0-2, then the file hashes of those stages, then two rounds of 3-6."""
+    out = tmp_path_factory.mktemp("runs") / "run"
+    cfg = TrainConfig.from_dict(TINY_RGA)
+    trainer.train(data, out, cfg, [0, 1, 2], log=lambda m: None, quiet=True)
+    before = _hashes(out / "stages")
+    result = trainer.train(data, out, cfg, None, rounds=2, log=lambda m: None, quiet=True)
+    return out, result, before
+
+
+def test_two_rounds_write_every_stage_and_the_ablation(rga_run):
+    out, result, _ = rga_run
+    run = RunDir(out)
+    for r in (0, 1):
+        for i in (3, 4, 5, 6):
+            assert run.finished(i, r), (i, r)
+            assert run.stage_info(i, r)["round"] == r
+    assert set(result["test"]) == {"baseline", "qe", "qe_rga"}
+    for m in result["test"].values():
+        assert set(m) == METRICS
+    assert set(result["relative_to_baseline"]) == {"qe", "qe_rga"}
+    assert set(result["per_stage"]) == {"0-baseline", "2-reward", *ROUND0, *ROUND1}
+    # qe_rga is the last round's calibrated ranker, and final_models deploys that pair
+    assert result["test"]["qe_rga"] == result["per_stage"]["6-calibrate-r1"]
+    reasoner_dir, ranker_dir = final_models(run)
+    assert reasoner_dir == run.stage_dir(5, 1) / "reasoner"
+    assert ranker_dir == run.stage_dir(6, 1) / "ranker"
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["test"]["qe_rga"] == pytest.approx(result["test"]["qe_rga"])
+
+
+def test_each_round_starts_from_the_previous_one(rga_run):
+    run = RunDir(rga_run[0])
+    assert run.stage_info(3, 0)["policy_from"] == "stages/1-warmup/reasoner"
+    assert run.stage_info(3, 0)["reward_model"] == "stages/2-reward/ranker"
+    assert run.stage_info(3, 1)["policy_from"] == "stages/5-rg-cl/reasoner"
+    assert run.stage_info(3, 1)["reward_model"] == "stages/6-calibrate/ranker"
+    assert run.stage_info(3, 1)["reward_reasoner"] == "stages/5-rg-cl/reasoner"
+    assert run.stage_info(4, 1)["reference"] == "stages/3-rg-sft-r1/reasoner"
+    assert run.stage_info(6, 0)["reasoner"] == "stages/5-rg-cl/reasoner"
+    assert run.stage_info(6, 1)["previous_ranker"] == "stages/6-calibrate/ranker"
+
+
+def test_frozen_models_stay_frozen_in_every_stage(rga_run):
+    out, _, before = rga_run
+    run = RunDir(out)
+    # each stage checksummed its frozen models before and after, and says so
+    expected = {3: {"reward_model", "reward_reasoner"}, 4: {"reference"}, 5: {"target_encoder"},
+                6: {"reasoner", "previous_ranker"}}
+    for r in (0, 1):
+        for i, names in expected.items():
+            assert run.stage_info(i, r)["frozen_unchanged"] == {n: True for n in names}
+    # and no stage rewrote an earlier stage's files (stages 0-2 are byte-identical)
+    after = _hashes(out / "stages")
+    assert {k: after[k] for k in before} == before
+
+
+def test_the_frozen_guard_catches_a_change():
+    frozen = _Frozen(model=torch.nn.Linear(3, 2))
+    assert frozen.check("x") == {"model": True}
+    with torch.no_grad():
+        frozen.models["model"].weight[0, 0] += 1e-3
+    with pytest.raises(TrainError, match="frozen model changed"):
+        frozen.check("stage 9")
+
+
+def test_best_of_n_on_disk_is_the_reward_argmax(rga_run):
+    run = RunDir(rga_run[0])
+    pools = [json.loads(line) for line in (run.stage_dir(3) / CANDIDATES).read_text().splitlines()]
+    assert len(pools) == run.stage_info(3)["requests"] > 0
+    for p in pools:
+        assert len(p["candidates"]) == len(p["rewards"]) == TINY_RGA["rg_sft"].get("n_candidates", 8)
+        assert p["best"] == max(range(len(p["rewards"])), key=lambda j: (p["rewards"][j], -j))
+        assert p["rewards"][p["worst"]] == min(p["rewards"])
+    info = run.stage_info(3)
+    assert info["reward"]["best_mean"] >= info["reward"]["candidates_mean"] >= info["reward"]["worst_mean"]
+
+
+def test_rg_cl_moves_latents_towards_the_clicked_intents(rga_run):
+    info = RunDir(rga_run[0]).stage_info(5)
+    assert info["requests"] > 0 and info["with_preferred_query"] > 0
+    assert info["final_loss"] < info["first_loss"]
+
+
+def test_resume_skips_finished_rounds_and_a_third_round_adds_only_itself(rga_run, data):
+    out, _, _ = rga_run
+    cfg = TrainConfig.from_dict(TINY_RGA)
+    before = _hashes(out / "stages")
+    messages: list[str] = []
+    trainer.train(data, out, cfg, [3, 4, 5, 6], rounds=2, log=messages.append, quiet=True)
+    assert _hashes(out / "stages") == before
+    assert sum("finished earlier" in m for m in messages) == 8
+
+
+def test_dpo_without_any_pair_over_the_margin_fails_and_writes_nothing(rga_run, data, tmp_path):
+    out, _, _ = rga_run
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    for name in ("4-dpo", "5-rg-cl", "6-calibrate", *ROUND1):
+        shutil.rmtree(copy / "stages" / name)
+    strict = dict(TINY_RGA, dpo={**TINY_RGA["dpo"], "min_margin": 1e9})
+    run_json = json.loads((copy / "run.json").read_text())
+    run_json["config"] = TrainConfig.from_dict(strict).to_dict()
+    (copy / "run.json").write_text(json.dumps(run_json))
+    with pytest.raises(TrainError, match="min_margin"):
+        trainer.train(data, copy, TrainConfig.from_dict(strict), [4], log=lambda m: None, quiet=True)
+    assert not (copy / "stages" / "4-dpo").exists()
+    assert not list((copy / "stages").glob(".4-dpo*")), "no temporary folder left behind"
+
+
+def test_stage_4_before_stage_3_is_a_clear_error(data, tmp_path):
+    cfg = TrainConfig.from_dict(TINY_RGA)
+    with pytest.raises(TrainError, match="stage 4 needs stage 3"):
+        trainer.train(data, tmp_path / "r", cfg, [4], log=lambda m: None, quiet=True)
+
+
+def test_bad_rounds_and_stages_are_config_errors(data, tmp_path):
+    with pytest.raises(ConfigError, match="rounds"):
+        trainer.train(data, tmp_path / "r", TrainConfig.from_dict(TINY_RGA), [0], rounds=0)
+    with pytest.raises(ConfigError, match="no stage 7"):
+        trainer.parse_stages("0-7")
+
+
+def test_report_writes_the_table_charts_and_loss_curves(rga_run, tmp_path):
+    out, result, _ = rga_run
+    res = CliRunner().invoke(app, ["report", str(out), "--out", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| QE + RGA (stage 6) |" in md and "| 6-calibrate-r1 |" in md
+    gauc = f"{result['test']['qe_rga']['gauc']:.4f}"
+    assert gauc in md
+    for png in ("stages.png", "losses.png"):
+        assert (tmp_path / "rep" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    curves = sorted(p.name for p in (tmp_path / "rep" / "losses").glob("*.csv"))
+    assert "4-dpo-r1.csv" in curves and "1-warmup.csv" in curves
+    assert "reward_accuracy" in (tmp_path / "rep" / "losses" / "4-dpo.csv").read_text().splitlines()[0]
+
+
+def test_report_of_a_folder_without_metrics_is_one_clear_line(tmp_path):
+    res = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert res.exit_code != 0
+    assert "no metrics.json" in str(res.exception) or "no metrics.json" in res.output
