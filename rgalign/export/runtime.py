@@ -16,13 +16,17 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from rgalign.errors import ExportError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# torch is imported where it is used (TorchRunner): ONNX Runtime sessions, which Triton's
+# python-backend models open, need no torch, and importing it costs seconds per process.
 
 Feeds = Mapping[str, np.ndarray]
 Runner = Callable[[Feeds], dict[str, np.ndarray]]
@@ -117,6 +121,8 @@ class TorchRunner:
         self.output_names = list(output_names)
 
     def __call__(self, feeds: Feeds) -> dict[str, np.ndarray]:
+        import torch
+
         with torch.inference_mode():
             out = self.module(*(torch.from_numpy(np.ascontiguousarray(feeds[k])) for k in self.input_names))
         outs = out if isinstance(out, (tuple, list)) else (out,)

@@ -1,0 +1,154 @@
+"""``rgalign deploy``, ``rgalign serve`` and ``rgalign query`` (SPEC §6, §9): thin; they call
+`rgalign.serve.deploy.deploy`, `rgalign.serve.server.run_forever` and
+`rgalign.serve.client.RgalignClient`."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from rgalign.cli._app import app, console
+from rgalign.errors import ConfigError
+
+
+@app.command("deploy")
+def deploy_cmd(
+    export: Path = typer.Argument(..., help="Export folder (what `rgalign export --out` wrote)."),
+    out: Path = typer.Option(
+        Path("triton_repo"), "--out", "-o", help="Model repository to write (replaced atomically)."
+    ),
+    backend: str = typer.Option(
+        "python", "--backend", help="python (ONNX Runtime in the python backend), onnxruntime or tensorrt."
+    ),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or int8 (tensorrt: fp16 or int8)."),
+    instances: int = typer.Option(1, "--instances", min=1, help="Instances of each step model."),
+    max_batch: int = typer.Option(16, "--max-batch", min=1, help="Largest batch a request or a dynamic batch may have."),
+    queue_delay_us: int = typer.Option(
+        100, "--queue-delay-us", min=0, help="Dynamic batching: longest wait for more requests (µs)."
+    ),
+    threads: int = typer.Option(
+        0, "--threads", min=0, help="ONNX Runtime threads per model (python backend; 0: one per core)."
+    ),
+    top_k: int = typer.Option(0, "--top-k", min=0, help="Default k when a request has no top_k (0: the export's)."),
+    trt_accelerator: bool = typer.Option(
+        False, "--trt-accelerator", help="onnxruntime backend: TensorRT execution accelerator (GPU)."
+    ),
+) -> None:
+    """Write a Triton model repository: preprocess -> reasoner -> ranker -> postprocess, ensemble `rgalign`."""
+    from rgalign.serve.deploy import DeployOptions, deploy
+
+    options = DeployOptions(
+        backend=backend, precision=precision, instances=instances, max_batch=max_batch,
+        queue_delay_us=queue_delay_us, threads=threads, default_top_k=top_k or None,
+        tensorrt_accelerator=trt_accelerator,
+    )  # fmt: skip
+    with console.status("deploying ...") as status:
+        summary = deploy(export, out, options, progress=lambda step: status.update(f"writing {escape(step)} ..."))
+    table = Table(title=escape(str(out)), title_justify="left")
+    table.add_column("model")
+    table.add_column("config")
+    for model in summary["models"]:
+        table.add_row(model, escape(str(out / model / "config.pbtxt")))
+    console.print(table)
+    console.print(
+        f"deployed {escape(str(export))} -> [bold]{escape(str(out))}[/] (backend {backend}, {precision}, "
+        f"max batch {max_batch}, default top_k {summary['default_top_k']}) in {summary['seconds']:.1f} s; "
+        f"serve it with `rgalign serve {escape(str(out))}`",
+        highlight=False, soft_wrap=True,
+    )
+
+
+@app.command("serve")
+def serve_cmd(
+    repo: Path = typer.Argument(Path("triton_repo"), help="Model repository (what `rgalign deploy` wrote)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (0.0.0.0: every interface)."),
+    http_port: int = typer.Option(8000, "--http-port", min=0, max=65535, help="HTTP port (0: a free one)."),
+    grpc_port: int = typer.Option(8001, "--grpc-port", min=0, max=65535, help="gRPC port (0: a free one)."),
+    metrics_port: int = typer.Option(8002, "--metrics-port", min=0, max=65535, help="Metrics port (0: a free one)."),
+    tritonserver: str = typer.Option(
+        None, "--tritonserver", help="tritonserver binary (default: the one in the nvidia-pytriton wheel)."
+    ),
+    log_file: Path = typer.Option(
+        None, "--log-file", help="Server log (default: REPO/tritonserver.log)."
+    ),
+    start_timeout: float = typer.Option(120.0, "--start-timeout", min=1, help="Seconds to wait for readiness."),
+    log_verbose: int = typer.Option(0, "--log-verbose", min=0, help="Triton's --log-verbose level."),
+) -> None:
+    """Serve a model repository with a real Triton Inference Server until Ctrl-C or SIGTERM."""
+    from rgalign.serve.deploy import check_servable
+    from rgalign.serve.server import TritonServer, find_tritonserver, is_wheel_tritonserver, run_forever
+
+    if not repo.is_dir():
+        raise ConfigError(f"model repository {repo} does not exist; run `rgalign deploy EXPORT --out {repo}`")
+    check_servable(repo, is_wheel_tritonserver(find_tritonserver(tritonserver)))
+    log_path = log_file if log_file is not None else repo / "tritonserver.log"  # ignored by Triton
+    server = TritonServer(
+        repo, host=host, http_port=http_port or None, grpc_port=grpc_port or None,
+        metrics_port=metrics_port or None, tritonserver=tritonserver, log_file=log_path,
+        log_verbose=log_verbose,
+    )  # fmt: skip
+
+    def ready(s: TritonServer) -> None:
+        console.print(
+            f"[green]ready[/] in {s.ready_seconds:.1f} s (pid {s.pid}; log {escape(str(s.log_path))})\n"
+            f"  HTTP     {s.http_url}\n  gRPC     {s.grpc_url}\n  metrics  {s.metrics_url}\n"
+            f"try: rgalign query --url {s.http_address} --features @request.json\n"
+            "Ctrl-C or SIGTERM stops it",
+            highlight=False, soft_wrap=True,
+        )
+
+    console.print(f"starting tritonserver on {escape(str(repo))} ...", highlight=False)
+    signum = run_forever(server, start_timeout=start_timeout, on_ready=ready)
+    console.print(f"stopped (signal {signum}): server, python-backend stubs and shared memory gone", highlight=False)
+
+
+def _read_features(text: str) -> list:
+    """``--features``: JSON text, or ``@FILE`` holding it; an object or a list of objects."""
+    if text.startswith("@"):
+        path = Path(text[1:])
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"cannot read --features file {path}: {e.strerror}") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--features is not valid JSON ({e.msg} at column {e.colno})") from None
+    records = value if isinstance(value, list) else [value]
+    if not records or not all(isinstance(r, dict) for r in records):
+        raise ConfigError("--features must be a JSON object of features, or a non-empty list of them")
+    return records
+
+
+@app.command("query")
+def query_cmd(
+    url: str = typer.Option("127.0.0.1:8000", "--url", help="Server address: host:port, http://... or grpc://..."),
+    features: str = typer.Option(..., "--features", "-f", help="JSON object (or list of objects), or @FILE."),
+    k: int = typer.Option(3, "-k", "--top-k", min=1, help="How many intents per request."),
+    protocol: str = typer.Option(None, "--protocol", help="http or grpc (default: from the url, else http)."),
+    model: str = typer.Option("rgalign", "--model", help="Model to ask (the ensemble)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Ask a running server for the top-k intents of one or more requests."""
+    from rgalign.serve.client import RgalignClient
+
+    records = _read_features(features)
+    t0 = time.perf_counter()
+    with RgalignClient(url, protocol=protocol, model=model) as client:
+        answers = client.rank(records, k=k)
+    ms = (time.perf_counter() - t0) * 1e3
+    if as_json:
+        print(json.dumps([{"intent_ids": a.intent_ids, "scores": a.scores} for a in answers]))
+        return
+    table = Table(title=f"top {k} from {escape(client.url)} ({ms:.0f} ms)", title_justify="left")
+    for col in ("request", "rank", "intent", "score"):
+        table.add_column(col, justify="left" if col == "intent" else "right")
+    for i, answer in enumerate(answers):
+        for rank, (intent, score) in enumerate(zip(answer.intent_ids, answer.scores), 1):
+            table.add_row(str(i) if rank == 1 else "", str(rank), escape(intent), f"{score:.4f}")
+    console.print(table)

@@ -1,0 +1,238 @@
+"""Clients of the deployed ensemble: HTTP or gRPC, sync (`RgalignClient`) or asyncio
+(`AsyncRgalignClient`), over tritonclient.
+
+A request is a list of raw feature records (dicts, or JSON text sent as is); the answer is one
+`rgalign.export.Ranked` (intent ids and scores, best first) per record, exactly what the
+in-process `rgalign.export.Pipeline` returns. A request the server refuses (a bad feature,
+``k`` out of range, a batch over the maximum, an unknown model) raises `ServeError` carrying the
+server's message; so does a server that cannot be reached.
+
+Example::
+
+    with RgalignClient("127.0.0.1:8001", protocol="grpc") as client:
+        client.rank([{"gender": "F", "tier": "gold", ...}], k=3)
+        # [Ranked(intent_ids=['i012', 'i007', 'i031'], scores=[2.31, 1.87, 0.42])]
+
+    async with AsyncRgalignClient("http://127.0.0.1:8000") as client:
+        answers = await asyncio.gather(*(client.rank([r]) for r in records))
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from rgalign.errors import ServeError
+from rgalign.export.pipeline import Ranked
+
+PROTOCOLS = ("http", "grpc")
+MODEL = "rgalign"
+Record = Mapping[str, Any] | str | bytes
+
+
+def split_url(url: str, protocol: str | None = None) -> tuple[str, str]:
+    """``"grpc://host:port"`` / ``"http://host:port"`` / ``"host:port"`` -> (``host:port``,
+    protocol). The scheme, when present, wins over ``protocol``; without either, HTTP."""
+    address = url.strip()
+    scheme = None
+    if "://" in address:
+        scheme, address = address.split("://", 1)
+        scheme = scheme.lower()
+        if scheme == "https":
+            raise ServeError("https is not supported by this client; use http:// or grpc://")
+        if scheme not in PROTOCOLS:
+            raise ServeError(f"unknown scheme {scheme!r} in {url!r}; use http:// or grpc://")
+    address = address.rstrip("/")
+    if not address:
+        raise ServeError(f"no host:port in url {url!r}")
+    chosen = scheme or (protocol or "http").lower()
+    if chosen not in PROTOCOLS:
+        raise ServeError(f"unknown protocol {protocol!r}; use http or grpc")
+    if scheme and protocol and protocol.lower() != scheme:
+        raise ServeError(f"url {url!r} says {scheme} but protocol={protocol!r}")
+    return address, chosen
+
+
+def _encode(records: Sequence[Record]) -> np.ndarray:
+    """Records -> BYTES (B, 1): dicts as JSON, strings and bytes sent as they are."""
+    items = []
+    for r in records:
+        if isinstance(r, bytes):
+            items.append(r)
+        elif isinstance(r, str):
+            items.append(r.encode("utf-8"))
+        else:
+            items.append(json.dumps(dict(r), ensure_ascii=False).encode("utf-8"))
+    return np.array(items, dtype=object).reshape(len(items), 1)
+
+
+def _module(protocol: str, aio: bool) -> Any:
+    if protocol == "grpc":
+        import tritonclient.grpc as module
+
+        if aio:
+            import tritonclient.grpc.aio as aio_module
+
+            return module, aio_module
+    else:
+        import tritonclient.http as module
+
+        if aio:
+            import tritonclient.http.aio as aio_module
+
+            return module, aio_module
+    return module, module
+
+
+def _inputs(module: Any, records: Sequence[Record], k: int | None) -> list[Any]:
+    features = _encode(records)
+    inputs = [module.InferInput("features", list(features.shape), "BYTES")]
+    inputs[0].set_data_from_numpy(features)
+    if k is not None:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise ServeError(f"k must be an integer, got {k!r}")
+        top_k = np.full((len(records), 1), int(k), dtype=np.int32)
+        inputs.append(module.InferInput("top_k", list(top_k.shape), "INT32"))
+        inputs[1].set_data_from_numpy(top_k)
+    return inputs
+
+
+def _outputs(module: Any) -> list[Any]:
+    return [module.InferRequestedOutput("intent_ids"), module.InferRequestedOutput("scores")]
+
+
+def _ranked(result: Any) -> list[Ranked]:
+    ids = result.as_numpy("intent_ids")
+    scores = result.as_numpy("scores")
+    return [
+        Ranked([i.decode("utf-8") if isinstance(i, bytes) else str(i) for i in row_ids],
+               [float(s) for s in row_scores])
+        for row_ids, row_scores in zip(ids, scores)
+    ]  # fmt: skip
+
+
+def _error(e: Exception, model: str, url: str) -> ServeError:
+    """One line: the server's message (or the connection failure) and where it happened."""
+    from tritonclient.utils import InferenceServerException
+
+    if isinstance(e, InferenceServerException):
+        message = e.message() or str(e)
+        status = e.status()
+        where = f"{model} at {url}" + (f" ({status})" if status else "")
+        return ServeError(f"{where}: {message}")
+    return ServeError(f"cannot reach the Triton server at {url}: {type(e).__name__}: {e}")
+
+
+def _client_errors() -> tuple[type[BaseException], ...]:
+    """What tritonclient raises: the server's refusals, and connection failures (OSError)."""
+    from tritonclient.utils import InferenceServerException
+
+    return (InferenceServerException, OSError)
+
+
+class RgalignClient:
+    """A blocking client of the ``rgalign`` ensemble (``protocol`` "http" or "grpc"; a
+    ``grpc://`` or ``http://`` url decides by itself). ``timeout`` seconds per request (None:
+    the library's default). Close it (or use ``with``) before stopping a server: an open HTTP
+    connection holds Triton's shutdown for its whole exit timeout."""
+
+    def __init__(
+        self, url: str, protocol: str | None = None, model: str = MODEL, timeout: float | None = 30.0
+    ) -> None:
+        self.address, self.protocol = split_url(url, protocol)
+        self.url = f"{self.protocol}://{self.address}"
+        self.model = model
+        self.timeout = timeout
+        self._module, _ = _module(self.protocol, aio=False)
+        try:
+            if self.protocol == "http":
+                kwargs = {}
+                if timeout is not None:
+                    kwargs = {"connection_timeout": timeout, "network_timeout": timeout}
+                self._client = self._module.InferenceServerClient(self.address, **kwargs)
+            else:
+                self._client = self._module.InferenceServerClient(self.address)
+        except _client_errors() as e:
+            raise _error(e, self.model, self.url) from None
+
+    def rank(self, records: Sequence[Record], k: int | None = None) -> list[Ranked]:
+        """Top-``k`` intents per record (``k`` None: the deployment's default) in one request."""
+        records = list(records)
+        if not records:
+            return []
+        inputs = _inputs(self._module, records, k)
+        kwargs: dict[str, Any] = {"outputs": _outputs(self._module)}
+        if self.protocol == "grpc" and self.timeout is not None:
+            kwargs["client_timeout"] = self.timeout
+        try:
+            result = self._client.infer(self.model, inputs, **kwargs)
+        except _client_errors() as e:
+            raise _error(e, self.model, self.url) from None
+        return _ranked(result)
+
+    def is_ready(self) -> bool:
+        """Whether the server answers and the model is ready (never raises)."""
+        try:
+            return bool(self._client.is_server_ready() and self._client.is_model_ready(self.model))
+        except Exception:  # noqa: BLE001 - not ready, whatever the reason
+            return False
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> RgalignClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncRgalignClient:
+    """The asyncio twin of `RgalignClient` (tritonclient's ``http.aio`` / ``grpc.aio``)."""
+
+    def __init__(
+        self, url: str, protocol: str | None = None, model: str = MODEL, timeout: float | None = 30.0
+    ) -> None:
+        self.address, self.protocol = split_url(url, protocol)
+        self.url = f"{self.protocol}://{self.address}"
+        self.model = model
+        self.timeout = timeout
+        self._module, aio = _module(self.protocol, aio=True)
+        if self.protocol == "http" and timeout is not None:
+            self._client = aio.InferenceServerClient(self.address, conn_timeout=timeout)
+        else:
+            self._client = aio.InferenceServerClient(self.address)
+
+    async def rank(self, records: Sequence[Record], k: int | None = None) -> list[Ranked]:
+        records = list(records)
+        if not records:
+            return []
+        inputs = _inputs(self._module, records, k)
+        kwargs: dict[str, Any] = {"outputs": _outputs(self._module)}
+        if self.protocol == "grpc" and self.timeout is not None:
+            kwargs["client_timeout"] = self.timeout
+        try:
+            result = await self._client.infer(self.model, inputs, **kwargs)
+        except _client_errors() as e:
+            raise _error(e, self.model, self.url) from None
+        return _ranked(result)
+
+    async def is_ready(self) -> bool:
+        try:
+            return bool(
+                await self._client.is_server_ready() and await self._client.is_model_ready(self.model)
+            )
+        except Exception:  # noqa: BLE001 - not ready, whatever the reason
+            return False
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> AsyncRgalignClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

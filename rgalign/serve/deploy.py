@@ -1,0 +1,540 @@
+"""`deploy(EXPORT, REPO)`: an export -> a Triton model repository holding the ensemble ``rgalign``.
+
+    REPO/
+      README.md  deploy.json  manifest.json   layout, how it was built, the export's manifest
+      preprocess/  config.pbtxt  1/model.py  1/manifest.json encoders.json prompt_fields.json
+                                             1/reasoner/tokenizer/      warmup/features
+      reasoner/    config.pbtxt  1/model.onnx (+ 1/model.py, python backend) | 1/model.plan
+                                 warmup/input_ids  warmup/attention_mask
+      ranker/      config.pbtxt  1/model.onnx (+ 1/model.py) | 1/model.plan
+      postprocess/ config.pbtxt  1/model.py  1/intents.json
+      rgalign/     config.pbtxt  1/            the ensemble chaining the four
+
+Request of ``rgalign``: ``features`` BYTES (B, 1), one JSON object of raw features per item, and
+optional ``top_k`` INT32 (B, 1); response ``intent_ids`` BYTES (B, k), ``scores`` FP32 (B, k),
+best first. Backends of ``reasoner`` and ``ranker``:
+
+- ``python``: ONNX Runtime inside Triton's python backend, through the same code as the
+  in-process `rgalign.export.Pipeline` (runs with the embedded CPU server of nvidia-pytriton);
+- ``onnxruntime``: Triton's own ONNX Runtime backend (optionally its TensorRT accelerator, GPU):
+  a server with that backend (an NGC container) is needed, the nvidia-pytriton wheel has none;
+- ``tensorrt``: the export's TensorRT plans (``rgalign export --tensorrt``), GPU only.
+
+Configs are `rgalign.serve.config` protobuf messages. The four step models batch (dynamic
+batching, preferred sizes, a short queue delay); the ensemble cannot (see `ensemble_model`).
+Everything is written in a temporary folder beside REPO and swapped in at the end
+(`rgalign.io.atomic_dir`): a failed deploy leaves an existing REPO untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import rgalign
+from rgalign.errors import ConfigError, ExportError, ServeError
+from rgalign.export.pipeline import Preprocessor, read_manifest
+from rgalign.io import atomic_dir, read_json, write_json_atomic, write_text_atomic
+from rgalign.serve import config as tc
+from rgalign.serve.repo_readme import README_TEXT
+
+BACKENDS = ("python", "onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+ENSEMBLE = "rgalign"
+STEP_MODELS = ("preprocess", "reasoner", "ranker", "postprocess")
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    """How to deploy. Each default has its reason:
+
+    - ``max_batch=16``: dynamic batching merges up to 16 concurrent requests into one ONNX
+      Runtime call (SPEC §8 measures throughput at concurrency 16); the TensorRT profiles of the
+      export go up to 64.
+    - ``queue_delay_us=100``: a lone request waits at most 0.1 ms per batching step (4 steps:
+      0.4 ms), while requests that arrive together still share a batch; a busy model instance
+      batches whatever queued meanwhile regardless of the delay.
+    - ``instances=1``: one instance per step model; on a 2-core machine more instances only
+      compete for the cores (ONNX Runtime already uses them all).
+    - ``threads=0``: ONNX Runtime's default intra-op threads (one per core), python backend only.
+    - ``default_top_k=None``: the export's ``serving.topk`` (the K of the ranker graph).
+    """
+
+    backend: str = "python"
+    precision: str = "fp32"
+    instances: int = 1
+    max_batch: int = 16
+    queue_delay_us: int = 100
+    threads: int = 0
+    default_top_k: int | None = None
+    tensorrt_accelerator: bool = False
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}"
+            )
+        if self.instances < 1:
+            raise ConfigError(f"--instances must be >= 1, got {self.instances}")
+        if self.max_batch < 1:
+            raise ConfigError(f"--max-batch must be >= 1, got {self.max_batch}")
+        if self.queue_delay_us < 0 or self.threads < 0:
+            raise ConfigError("queue delay and threads must be >= 0")
+        if self.tensorrt_accelerator and self.backend != "onnxruntime":
+            raise ConfigError("the TensorRT accelerator applies to --backend onnxruntime only")
+        if self.backend == "tensorrt" and self.precision == "fp32":
+            raise ConfigError("TensorRT plans are exported in fp16 or int8; pass --precision fp16 or int8")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DeployOptions:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    def preferred_batch_sizes(self) -> tuple[int, ...]:
+        """Powers of two from 4 up to ``max_batch``, and ``max_batch`` itself: sizes the batcher
+        aims for (a batch of 2 is not worth waiting for)."""
+        sizes = [b for b in (4, 8, 16, 32, 64, 128) if b < self.max_batch]
+        return tuple(sizes + [self.max_batch])
+
+
+# ------------------------------------------------------------------------------------------------
+# Tensor specs from the export's IO signatures
+
+
+def _specs(signature: list[dict[str, Any]], known: Mapping[str, tuple[int, ...]]) -> list[tc.TensorSpec]:
+    """ONNX IO signature entries (batch first) -> TensorSpecs without the batch dimension.
+
+    A graph may leave a fixed dimension symbolic (torch's legacy exporter names output dims);
+    ``known`` gives the sizes the manifest states (``d_query``, ``n_intents``, ``topk``), and a
+    concrete dimension of the graph must agree with them."""
+    specs = []
+    for entry in signature:
+        shape = entry["shape"]
+        if not shape or isinstance(shape[0], int):
+            raise ExportError(
+                f"the exported input/output {entry['name']!r} has no dynamic batch dimension "
+                f"(shape {shape}); Triton batching needs one: re-export the run"
+            )
+        dims = tuple(d if isinstance(d, int) else -1 for d in shape[1:])
+        want = known.get(entry["name"])
+        if want is not None:
+            if len(want) != len(dims) or any(d not in (-1, w) for d, w in zip(dims, want)):
+                raise ExportError(
+                    f"the exported {entry['name']!r} has shape {shape}, but the manifest says "
+                    f"(batch, {', '.join(map(str, want))}); re-export the run"
+                )
+            dims = want
+        specs.append(tc.TensorSpec(entry["name"], entry["dtype"], dims))
+    return specs
+
+
+@dataclass(frozen=True)
+class _Signature:
+    reasoner_inputs: list[tc.TensorSpec]
+    reasoner_outputs: list[tc.TensorSpec]
+    ranker_inputs: list[tc.TensorSpec]
+    ranker_outputs: list[tc.TensorSpec]
+
+    def spec(self, name: str) -> tc.TensorSpec:
+        for s in self.reasoner_inputs + self.reasoner_outputs + self.ranker_inputs + self.ranker_outputs:
+            if s.name == name:
+                return s
+        raise ExportError(f"the exported graphs have no tensor {name!r}; re-export the run")
+
+
+def _signature(manifest: Mapping[str, Any], precision: str) -> _Signature:
+    arts = manifest["artifacts"]
+    r, k = arts[f"reasoner/{precision}"], arts[f"ranker/{precision}"]
+    serving = manifest["serving"]
+    d, n, top = int(serving["d_query"]), int(serving["n_intents"]), int(serving["topk"])
+    known = {
+        "latent_query": (d,), "query": (d,), "scores": (n,), "topk_scores": (top,), "topk_idx": (top,),
+    }  # fmt: skip
+    sig = _Signature(*(_specs(a[key], known) for a in (r, k) for key in ("inputs", "outputs")))
+    expected = {
+        "reasoner": ({"input_ids", "attention_mask"}, {"latent_query"}),
+        "ranker": ({"cat", "num", "query"}, {"scores", "topk_scores", "topk_idx"}),
+    }
+    got = {
+        "reasoner": ({s.name for s in sig.reasoner_inputs}, {s.name for s in sig.reasoner_outputs}),
+        "ranker": ({s.name for s in sig.ranker_inputs}, {s.name for s in sig.ranker_outputs}),
+    }
+    for model, want in expected.items():
+        if got[model] != want:
+            raise ExportError(
+                f"the exported {model} has inputs/outputs {got[model]}, expected {want}; "
+                "re-export the run with this version of rgalign"
+            )
+    return sig
+
+
+# ------------------------------------------------------------------------------------------------
+# Sources in the export
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _artifact_path(export: Path, manifest: Mapping[str, Any], key: str, hint: str) -> Path:
+    art = manifest["artifacts"].get(key)
+    if art is None or "path" not in art:
+        have = sorted(k for k, v in manifest["artifacts"].items() if "path" in v)
+        raise ExportError(
+            f"{export}: the export has no {key} (it has {', '.join(have) or 'nothing'}); {hint}"
+        )
+    path = export / art["path"]
+    if not path.is_file():
+        raise ExportError(f"{export}: {art['path']} is listed in the manifest but missing; re-export")
+    if art.get("sha256") and _sha256(path) != art["sha256"]:
+        raise ExportError(
+            f"{path} does not match the sha256 in {export}/manifest.json (changed since export?); "
+            "re-export the run"
+        )
+    return path
+
+
+def _model_files(export: Path, manifest: Mapping[str, Any], options: DeployOptions) -> dict[str, Path]:
+    """``{"reasoner": file, "ranker": file}`` for the chosen backend and precision."""
+    p = options.precision
+    if options.backend == "tensorrt":
+        hint = (
+            "TensorRT plans are built by `rgalign export --tensorrt` on a GPU machine with TensorRT; "
+            "or deploy with --backend python / onnxruntime"
+        )
+        return {m: _artifact_path(export, manifest, f"tensorrt/{m}_{p}", hint) for m in ("reasoner", "ranker")}
+    hint = f"re-run `rgalign export --precision {p}`"
+    return {m: _artifact_path(export, manifest, f"{m}/{p}", hint) for m in ("reasoner", "ranker")}
+
+
+def sample_record(encoders: Any) -> dict[str, Any]:
+    """A valid raw request built from the encoders (first vocabulary value, mean, empty text):
+    what the warm-up requests send."""
+    record: dict[str, Any] = {}
+    for f in encoders.categorical_fields:
+        record[f] = encoders.vocabs[f][0] if encoders.vocabs[f] else ""
+    for f, mean in zip(encoders.numeric_fields, encoders.means):
+        record[f] = float(mean)
+    for f in encoders.text_fields:
+        record[f] = ""
+    return record
+
+
+def serialize_bytes(items: list[bytes]) -> bytes:
+    """Triton's raw layout of a BYTES tensor (warm-up files): per element a 4-byte little-endian
+    length, then its bytes."""
+    return b"".join(len(b).to_bytes(4, "little") + b for b in items)
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing the repository
+
+_SHIM = '''"""Generated by `rgalign deploy`: Triton's python-backend entry point for the {model} step.
+
+The model is the tested module rgalign.serve.models.{model}; the server's Python (the one
+`rgalign serve` runs the stub with) must have rgalign {version} installed.
+"""
+
+from rgalign.serve.models.{model} import TritonPythonModel  # noqa: F401
+'''
+
+
+def _write_shim(model_dir: Path, model: str) -> None:
+    text = _SHIM.format(model=model, version=rgalign.__version__)
+    write_text_atomic(tc.version_dir(model_dir) / "model.py", text)
+
+
+def _batching(options: DeployOptions) -> Any:
+    return tc.dynamic_batching(options.preferred_batch_sizes(), options.queue_delay_us)
+
+
+def _groups(options: DeployOptions, kind: str = "cpu") -> list[Any]:
+    return [tc.instance_group(options.instances, kind)]
+
+
+def _warmup(model_dir: Path, arrays: Mapping[str, np.ndarray]) -> list[Any]:
+    """One warm-up sample (batch 1, run twice: the first call allocates ORT's buffers) fed from
+    files in ``model_dir/warmup/`` holding ``arrays`` (each (1, ...)) in Triton's raw layout."""
+    folder = model_dir / "warmup"
+    folder.mkdir(parents=True, exist_ok=True)
+    inputs = {}
+    for name, array in arrays.items():
+        if array.dtype == object:
+            (folder / name).write_bytes(serialize_bytes(list(array.reshape(-1))))
+            dtype = "BYTES"
+        else:
+            (folder / name).write_bytes(np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes())
+            dtype = str(array.dtype)
+        inputs[name] = tc.WarmupInput(dtype, tuple(array.shape[1:]), data=name)
+    return [tc.model_warmup("sample", inputs, batch_size=1, count=2)]
+
+
+def _write_preprocess(
+    repo: Path, export: Path, manifest: Mapping[str, Any], sig: _Signature, options: DeployOptions
+) -> dict[str, np.ndarray]:
+    """preprocess/: config, shim, the export's serving files. Returns the warm-up sample's
+    preprocessed tensors (the other steps warm up on them) and the tokenizer's pad id."""
+    model_dir = repo / "preprocess"
+    files = tc.version_dir(model_dir)
+    serving = manifest["serving"]
+    for key in ("encoders", "prompt_fields", "intents"):
+        dst = files / serving[key]
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(export / serving[key], dst)
+    shutil.copytree(export / serving["tokenizer"], files / serving["tokenizer"])
+    shutil.copyfile(export / "manifest.json", files / "manifest.json")
+    _write_shim(model_dir, "preprocess")
+
+    pre = Preprocessor.from_export(files)  # what the served model loads: check it loads
+    record = sample_record(pre.encoders)
+    features = np.array([[json.dumps(record).encode("utf-8")]], dtype=object)
+    batch = pre([record])
+    outputs = [
+        tc.TensorSpec("input_ids", "INT64", (-1,)),
+        tc.TensorSpec("attention_mask", "INT64", (-1,)),
+        sig.spec("cat"),
+        sig.spec("num"),
+    ]
+    config = tc.python_model(
+        "preprocess",
+        inputs=[tc.TensorSpec("features", "BYTES", (1,))],
+        outputs=outputs,
+        max_batch_size=options.max_batch,
+        dynamic_batching=_batching(options),
+        instance_groups=_groups(options),
+        warmup=_warmup(model_dir, {"features": features}),
+    )
+    tc.write_config(model_dir, config)
+    return {
+        "input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+        "cat": batch.cat, "num": batch.num,
+        "pad_token_id": np.array(pre.tokenizer.pad_token_id, dtype=np.int64),
+    }  # fmt: skip
+
+
+def _write_graph_model(
+    repo: Path,
+    name: str,
+    source: Path,
+    inputs: list[tc.TensorSpec],
+    outputs: list[tc.TensorSpec],
+    warmup_arrays: Mapping[str, np.ndarray],
+    options: DeployOptions,
+    parameters: Mapping[str, str],
+) -> None:
+    """reasoner/ or ranker/ for the chosen backend."""
+    model_dir = repo / name
+    files = tc.version_dir(model_dir)
+    warmup = _warmup(model_dir, warmup_arrays)
+    common = dict(
+        max_batch_size=options.max_batch,
+        dynamic_batching=_batching(options),
+        warmup=warmup,
+    )
+    if options.backend == "python":
+        shutil.copyfile(source, files / "model.onnx")
+        _write_shim(model_dir, name)
+        config = tc.python_model(
+            name, inputs, outputs, instance_groups=_groups(options), parameters=parameters, **common
+        )
+    elif options.backend == "onnxruntime":
+        shutil.copyfile(source, files / "model.onnx")
+        accelerator = None
+        if options.tensorrt_accelerator:
+            accelerator = tc.TensorRTAccelerator(precision_mode=options.precision.upper())
+        kind = "gpu" if accelerator is not None else "cpu"
+        config = tc.onnxruntime_model(
+            name, inputs, outputs, instance_groups=_groups(options, kind), tensorrt=accelerator,
+            **common,
+        )  # fmt: skip
+    else:
+        shutil.copyfile(source, files / "model.plan")
+        config = tc.tensorrt_model(name, inputs, outputs, instance_groups=_groups(options, "gpu"), **common)
+    tc.write_config(model_dir, config)
+
+
+def _write_postprocess(repo: Path, export: Path, manifest: Mapping[str, Any], sig: _Signature,
+                       options: DeployOptions, default_k: int) -> None:
+    model_dir = repo / "postprocess"
+    files = tc.version_dir(model_dir)
+    shutil.copyfile(export / manifest["serving"]["intents"], files / "intents.json")
+    _write_shim(model_dir, "postprocess")
+    topk_scores, topk_idx, scores = (sig.spec(n) for n in ("topk_scores", "topk_idx", "scores"))
+    inputs = [
+        topk_scores,
+        topk_idx,
+        tc.TensorSpec("all_scores", scores.dtype, scores.dims),
+        tc.TensorSpec("top_k", "INT32", (1,), optional=True),
+    ]
+    k = topk_idx.dims[0]
+    warm = {
+        "topk_scores": np.zeros((1, k), np.float32),
+        "topk_idx": np.arange(k, dtype=np.int64)[None, :],
+        "all_scores": np.zeros((1, scores.dims[0]), np.float32),
+    }
+    config = tc.python_model(
+        "postprocess",
+        inputs=inputs,
+        outputs=[tc.TensorSpec("intent_ids", "BYTES", (-1,)), tc.TensorSpec("scores", "FP32", (-1,))],
+        max_batch_size=options.max_batch,
+        dynamic_batching=_batching(options),
+        instance_groups=_groups(options),
+        warmup=_warmup(model_dir, warm),
+        parameters={"default_top_k": str(default_k)},
+    )
+    tc.write_config(model_dir, config)
+
+
+def ensemble_config(max_batch: int) -> Any:
+    """The ``rgalign`` ensemble: preprocess -> reasoner -> ranker -> postprocess."""
+    steps = [
+        tc.EnsembleStep(
+            "preprocess",
+            {"features": "features"},
+            {n: n for n in ("input_ids", "attention_mask", "cat", "num")},
+        ),
+        tc.EnsembleStep(
+            "reasoner",
+            {"input_ids": "input_ids", "attention_mask": "attention_mask"},
+            {"latent_query": "latent_query"},
+        ),
+        tc.EnsembleStep(
+            "ranker",
+            {"cat": "cat", "num": "num", "query": "latent_query"},
+            {"scores": "all_scores", "topk_scores": "topk_scores", "topk_idx": "topk_idx"},
+        ),
+        tc.EnsembleStep(
+            "postprocess",
+            {n: n for n in ("topk_scores", "topk_idx", "all_scores", "top_k")},
+            {"intent_ids": "intent_ids", "scores": "scores"},
+        ),
+    ]
+    return tc.ensemble_model(
+        ENSEMBLE,
+        inputs=[
+            tc.TensorSpec("features", "BYTES", (1,)),
+            tc.TensorSpec("top_k", "INT32", (1,), optional=True),
+        ],
+        outputs=[tc.TensorSpec("intent_ids", "BYTES", (-1,)), tc.TensorSpec("scores", "FP32", (-1,))],
+        steps=steps,
+        max_batch_size=max_batch,
+    )
+
+
+def deploy(
+    export_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    options: DeployOptions | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Write the Triton model repository ``out`` for the export ``export_dir``; returns what
+    ``out/deploy.json`` records (options, source export, models, files with their sha256).
+
+    Raises ExportError when the export lacks what the options need (a precision, TensorRT
+    plans), ConfigError for bad options. ``out`` is replaced only when everything was written.
+    """
+    options = options or DeployOptions()
+    say = progress or (lambda _msg: None)
+    export = Path(export_dir)
+    manifest = read_manifest(export)
+    sources = _model_files(export, manifest, options)  # raises when the export lacks them
+    sig_precision = options.precision
+    if options.backend == "tensorrt" and f"reasoner/{sig_precision}" not in manifest["artifacts"]:
+        sig_precision = "fp32"  # the plans' tensors are the ONNX graphs' (names, dtypes, dims)
+    sig = _signature(manifest, sig_precision)
+    serving = manifest["serving"]
+    n_intents = int(serving["n_intents"])
+    default_k = options.default_top_k if options.default_top_k is not None else int(serving["topk"])
+    if not 1 <= default_k <= n_intents:
+        raise ConfigError(f"default top_k {default_k} is not in 1..{n_intents} (the KB's intents)")
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        say("preprocess")
+        warm = _write_preprocess(tmp, export, manifest, sig, options)
+        say(f"reasoner ({options.backend}, {options.precision})")
+        params = {"threads": str(options.threads)}
+        _write_graph_model(
+            tmp, "reasoner", sources["reasoner"], sig.reasoner_inputs, sig.reasoner_outputs,
+            {"input_ids": warm["input_ids"], "attention_mask": warm["attention_mask"]}, options,
+            {**params, "pad_token_id": str(int(warm["pad_token_id"]))},
+        )  # fmt: skip
+        say(f"ranker ({options.backend}, {options.precision})")
+        d_query = sig.spec("query").dims[0]
+        _write_graph_model(
+            tmp, "ranker", sources["ranker"], sig.ranker_inputs, sig.ranker_outputs,
+            {"cat": warm["cat"], "num": warm["num"], "query": np.zeros((1, d_query), np.float32)},
+            options, params,
+        )  # fmt: skip
+        say("postprocess")
+        _write_postprocess(tmp, export, manifest, sig, options, default_k)
+        say("ensemble")
+        tc.write_config(tmp / ENSEMBLE, ensemble_config(options.max_batch))
+        tc.version_dir(tmp / ENSEMBLE)
+
+        shutil.copyfile(export / "manifest.json", tmp / "manifest.json")
+        write_text_atomic(tmp / "README.md", README_TEXT)
+        files = {
+            os.fspath(p.relative_to(tmp)): _sha256(p)
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file() and p.suffix in (".onnx", ".plan", ".pbtxt")
+        }
+        summary = {
+            "format": "rgalign.deploy/1",
+            "rgalign_version": rgalign.__version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "export": {
+                "path": os.fspath(export.resolve()),
+                "manifest_sha256": _sha256(export / "manifest.json"),
+                "source_run": manifest.get("source", {}).get("run"),
+            },
+            "options": options.to_dict(),
+            "ensemble": ENSEMBLE,
+            "models": list(STEP_MODELS) + [ENSEMBLE],
+            "default_top_k": default_k,
+            "n_intents": n_intents,
+            "graph_topk": int(serving["topk"]),
+            "files_sha256": files,
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        write_json_atomic(tmp / "deploy.json", summary)
+    return summary
+
+
+def read_deployment(repo: str | os.PathLike) -> dict[str, Any] | None:
+    """``REPO/deploy.json`` (what deploy recorded), or None for a repository deploy did not write."""
+    path = Path(repo) / "deploy.json"
+    return read_json(path) if path.is_file() else None
+
+
+def check_servable(repo: str | os.PathLike, wheel_server: bool) -> None:
+    """ServeError, before starting anything, when the embedded (wheel) server cannot serve the
+    repository's backend: it has the python backend only (SPEC §6)."""
+    record = read_deployment(repo)
+    backend = (record or {}).get("options", {}).get("backend", "python")
+    if wheel_server and backend != "python":
+        raise ServeError(
+            f"{os.fspath(repo)} uses the {backend} backend, which the nvidia-pytriton wheel's "
+            "tritonserver does not have (it has the python backend only); pass --tritonserver PATH "
+            "to a server that has it (an NGC Triton container), or deploy with --backend python"
+        )
