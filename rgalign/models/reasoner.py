@@ -195,6 +195,18 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
 
 
+def _sample_top_p(logits: torch.Tensor, top_p: float, generator: torch.Generator) -> torch.Tensor:
+    """One token per row from the smallest set of tokens whose probability reaches ``top_p``
+    (nucleus sampling; the most likely token is always kept): (B, V) logits -> (B,) int64."""
+    probs = torch.softmax(logits, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+        outside = sorted_p.cumsum(dim=-1) - sorted_p > top_p  # mass before the token already reaches top_p
+        sorted_p = sorted_p.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
 class Reasoner(nn.Module):
     """Causal LM backbone + projection to the latent query.
 
@@ -222,6 +234,10 @@ class Reasoner(nn.Module):
         # some causal LMs take no position_ids; decided once here, never in forward
         base_forward = inspect.signature(self.backbone.base_model.forward).parameters
         self._pass_positions = "position_ids" in base_forward
+        # transformers 5 names the cache argument ``cache``; older and remote-code models ``past_key_values``
+        lm_forward = inspect.signature(self.backbone.forward).parameters
+        self._cache_arg = "cache" if "cache" in lm_forward else "past_key_values"
+        self._logits_to_keep = "logits_to_keep" in lm_forward
 
     @property
     def hidden_size(self) -> int:
@@ -338,14 +354,20 @@ class Reasoner(nn.Module):
     ) -> list[list[str]]:
         """Sample ``n`` text queries per prompt: a list (one per prompt) of ``n`` strings.
 
-        Used only in training (RGA's Best-of-N candidates). Prompts are left-padded for
-        generation whatever the tokenizer's setting; ``seed`` makes the samples reproducible
-        without touching the global RNG. ``max_new_tokens`` 24 covers an intent-like query
-        ("where is my parcel, it is late") in this vocabulary.
+        Used only in training (RGA's Best-of-N candidates). Nucleus sampling (``top_p``) at
+        ``temperature``, stopping at ``<eos>``. Each prompt is run once and its key/value cache
+        repeated for its ``n`` samples (``generate(num_return_sequences=n)`` would run the
+        ~80-token prompt n times: most of the work). Prompts are left-padded whatever the
+        tokenizer's setting; ``seed`` makes the samples reproducible without touching the global
+        RNG. ``max_new_tokens`` 24 covers an intent-like query ("where is my parcel, it is late").
         """
+        from transformers import DynamicCache
+
         tokenizer = tokenizer or self.tokenizer
         if not prompts:
             return []
+        if temperature <= 0 or not 0 < top_p <= 1:
+            raise ConfigError(f"sampling needs temperature > 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
         side = tokenizer.padding_side
         was_training = self.training
         self.eval()
@@ -353,29 +375,44 @@ class Reasoner(nn.Module):
         try:
             device = next(self.parameters()).device
             batch = encode_prompts(tokenizer, prompts, self.config.max_len)
-            ids = batch["input_ids"].to(device)
-            mask = batch["attention_mask"].to(device)
-            with torch.random.fork_rng(devices=[]):
-                if seed is not None:
-                    torch.manual_seed(seed)
-                out = self.backbone.generate(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    do_sample=True,
-                    temperature=temperature,
-                    top_p=top_p,
-                    top_k=0,  # nucleus sampling only; HF would otherwise add top_k=50
-                    num_return_sequences=n,
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                )
         finally:
             tokenizer.padding_side = side
+        try:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,))))
+            ids = batch["input_ids"].to(device)
+            mask = batch["attention_mask"].to(device)
+            cache = DynamicCache(config=self.backbone.config)
+            logits = self._step(ids, mask, cache)
+            cache.batch_repeat_interleave(n)
+            logits, mask = logits.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
+            done = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)
+            steps = []
+            for _ in range(max_new_tokens):
+                token = _sample_top_p(logits / temperature, top_p, gen)
+                token = torch.where(done, tokenizer.pad_token_id, token)
+                steps.append(token)
+                done |= token == tokenizer.eos_token_id
+                if bool(done.all()):
+                    break
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                logits = self._step(token[:, None], mask, cache)
+        finally:
             self.train(was_training)
-        texts = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
-        texts = [t.strip() for t in texts]
+        out = torch.stack(steps, dim=1) if steps else torch.zeros(len(prompts) * n, 0, dtype=torch.long)
+        texts = [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
         return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    def _step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Any) -> torch.Tensor:
+        """One forward over ``input_ids`` on top of ``cache`` (updated in place): next-token
+        logits (B, V) of the last position. Positions come from the whole attention mask."""
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": True,
+                                  self._cache_arg: cache}
+        if self._logits_to_keep:
+            kwargs["logits_to_keep"] = 1  # the LM head on the last position only
+        if self._pass_positions:
+            kwargs["position_ids"] = position_ids_from_mask(attention_mask)[:, -input_ids.shape[1] :]
+        return self.backbone(**kwargs).logits[:, -1].float()
 
     # ---- checkpoint -------------------------------------------------------------------------
 

@@ -283,11 +283,19 @@ def _latents_with_grad(model: nn.Module, tok: Any, prompts: list[str], max_len: 
 
 
 @torch.no_grad()
-def _mean_cosine(reasoner: Reasoner, prompts: list[str], targets: torch.Tensor, batch_size: int) -> float:
+def _kb_retrieval(reasoner: Reasoner, prompts: list[str], clicked: torch.Tensor, kb_latents: torch.Tensor,
+                  batch_size: int, k: int = 10) -> dict[str, float]:
+    """How well the latent queries point at the clicked intents among the whole KB: the fraction
+    of requests with a clicked intent in the top ``k`` KB latents by cosine (``hit@k``) and the
+    mean cosine to the clicked ones (``cosine``). clicked: (R, N) bool."""
     if not prompts:
-        return float("nan")
-    z = reasoner.encode_prompts(prompts, batch_size=batch_size)
-    return float(F.cosine_similarity(z, targets, dim=-1).mean())
+        return {f"hit@{k}": float("nan"), "cosine": float("nan")}
+    z = F.normalize(reasoner.encode_prompts(prompts, batch_size=batch_size), dim=-1)
+    sim = z @ F.normalize(kb_latents, dim=-1).T  # (R, N)
+    top = sim.topk(min(k, sim.shape[1]), dim=1).indices
+    hit = clicked.gather(1, top).any(dim=1).float().mean()
+    cos = (sim * clicked).sum(1) / clicked.sum(1).clamp(min=1)
+    return {f"hit@{k}": float(hit), "cosine": float(cos.mean())}
 
 
 def stage_rg_cl(ctx: Context, round_: int) -> None:
@@ -320,14 +328,14 @@ def stage_rg_cl(ctx: Context, round_: int) -> None:
     all_rows, positives, neg_mask = all_rows[keep], positives[keep], neg_mask[keep]
     prompts = [prompts_all[r] for r in all_rows]
 
-    # held-out alignment: cosine of valid requests' latent queries with their clicked intents
+    # held-out alignment: do valid requests' latent queries point at their clicked intents?
     va = ctx.splits["valid"]
     vrows = np.flatnonzero((va.mask & (va.labels > 0)).any(axis=1))[:500]
-    vpos, _, _ = rga.clicked_intent_targets(
+    _, _, not_clicked = rga.clicked_intent_targets(
         kb_latents, torch.from_numpy(va.shown[vrows]), torch.from_numpy(va.labels[vrows]), torch.from_numpy(va.mask[vrows])
     )
     vprompts = [ctx.prompts("valid")[r] for r in vrows]
-    cos_before = _mean_cosine(policy, vprompts, vpos, ctx.config.infer_batch)
+    before = _kb_retrieval(policy, vprompts, ~not_clicked, kb_latents, ctx.config.infer_batch)
 
     model = loops._wrap(policy, ctx.dist, find_unused=True)  # the LM head gets no gradient here
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -358,7 +366,7 @@ def stage_rg_cl(ctx: Context, round_: int) -> None:
                 log.add(epoch=epoch, step=len(log.rows), info_nce=float(loss.detach()))
                 bar.update(task, advance=1, info=f"InfoNCE {float(loss.detach()):.3f}")
     policy.eval()
-    cos_after = _mean_cosine(policy, vprompts, vpos, ctx.config.infer_batch)
+    after = _kb_retrieval(policy, vprompts, ~not_clicked, kb_latents, ctx.config.infer_batch)
     seconds = time.perf_counter() - t0
     checks = frozen.check("stage 5")
 
@@ -371,12 +379,13 @@ def stage_rg_cl(ctx: Context, round_: int) -> None:
         "temperature": c.temperature, "preferred_weight": c.preferred_weight, "kb_negatives": c.kb_negatives,
         "first_loss": log.rows[0]["info_nce"] if log.rows else math.nan,
         "final_loss": float(np.mean([r["info_nce"] for r in log.rows[-20:]])) if log.rows else math.nan,
-        "valid_cosine_to_clicked": {"before": cos_before, "after": cos_after},
+        "valid_kb_retrieval": {"before": before, "after": after},
         "policy_from": ctx.relative(src / "reasoner"), "frozen_unchanged": checks,
     }
     ctx.finish(5, save, info, round_)
     ctx.log(f"stage 5 rg-cl (round {round_}): {len(prompts)} requests, InfoNCE {info['first_loss']:.3f} -> "
-            f"{info['final_loss']:.3f}, valid cosine to clicked intents {cos_before:.3f} -> {cos_after:.3f}, {seconds:.0f} s")
+            f"{info['final_loss']:.3f}, valid clicked intent in the latent's KB top-10 {before['hit@10']:.3f} -> "
+            f"{after['hit@10']:.3f}, {seconds:.0f} s")
 
 
 # ---- stage 6: calibrate --------------------------------------------------------------------------

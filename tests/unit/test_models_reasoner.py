@@ -108,6 +108,31 @@ def test_generate_query_returns_n_strings_per_prompt(reasoner, prompts):
     assert reasoner.tokenizer.padding_side == side
 
 
+def test_generate_query_with_a_tiny_nucleus_is_greedy_decoding(reasoner, prompts):
+    """top_p -> 0 keeps only the most likely token: the shared-prefill sampler must then give
+    exactly Hugging Face's greedy ``generate`` (cache, positions and padding all agree)."""
+    from rgalign.models.tokenizer import encode_prompts
+
+    mixed = [prompts[0], prompts[1][: len(prompts[1]) // 2]]  # different lengths: left padding matters
+    ours = reasoner.generate_query(mixed, n=2, top_p=1e-9, max_new_tokens=6, seed=0)
+    side = reasoner.tokenizer.padding_side
+    reasoner.tokenizer.padding_side = "left"
+    try:
+        batch = encode_prompts(reasoner.tokenizer, mixed, reasoner.config.max_len)
+    finally:
+        reasoner.tokenizer.padding_side = side
+    ref = reasoner.backbone.generate(**batch, do_sample=False, max_new_tokens=6,
+                                     pad_token_id=reasoner.tokenizer.pad_token_id,
+                                     eos_token_id=reasoner.tokenizer.eos_token_id)
+    texts = reasoner.tokenizer.batch_decode(ref[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert ours == [[t.strip()] * 2 for t in texts]
+
+
+def test_generate_query_samples_differ_across_the_n_of_a_prompt(reasoner, prompts):
+    out = reasoner.generate_query(prompts[:1], n=6, temperature=1.5, top_p=1.0, max_new_tokens=6, seed=1)
+    assert len(set(out[0])) > 1
+
+
 def test_seeded_init_is_reproducible():
     a, b = tiny_reasoner(seed=3), tiny_reasoner(seed=3)
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
