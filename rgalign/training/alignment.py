@@ -11,7 +11,9 @@ over a run folder, one stage at a time, each writing ``stages/<i>-<name>[-rR]/``
     5 rg-cl      InfoNCE: the prompt's latent query -> the preferred query's latent mixed with the
                  clicked intents' latents; in-batch and KB negatives.
     6 calibrate  the QE ranker re-fitted (warm start) on the aligned reasoner's latent queries,
-                 with KL to the previous ranker; its stage.json names the reasoner it reads.
+                 with KL to the previous ranker; its stage.json names the reasoner it reads. A
+                 control ranker gets the very same re-fit on the *previous* reasoner's latents:
+                 the difference between the two is what alignment buys, net of the extra training.
 
 ``--rounds R`` runs 3-6 R times (closed loop): round r > 0 writes ``<i>-<name>-r<r>`` and starts
 from round r - 1's reasoner and ranker. Every frozen model's parameters are checksummed before and
@@ -35,12 +37,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from rgalign.errors import TrainError
-from rgalign.io import write_text_atomic
+from rgalign.io import read_json, write_text_atomic
 from rgalign.models.qe_ranker import QERanker
 from rgalign.models.reasoner import Reasoner
 from rgalign.models.tokenizer import encode_pairs, encode_prompts
 from rgalign.training import loops, rga
-from rgalign.training.context import Context, compute_latents, require_reasoner
+from rgalign.training.context import Context, compute_latents, load_latents, require_reasoner, save_latents
 from rgalign.training.distributed import shard
 from rgalign.training.evaluate import qe_forward, ranker_metrics
 from rgalign.training.run import STAGE_NAMES, final_models, latest_qe_ranker_dir
@@ -397,33 +399,56 @@ def stage_calibrate(ctx: Context, round_: int) -> None:
     prev_dir = latest_qe_ranker_dir(ctx.run)
     if prev_dir is None:
         raise TrainError(f"{ctx.run.root}: stage 6 needs a QE ranker to start from; run stage 2 first")
+    prev_reasoner_dir = ctx.run.root / read_json(prev_dir.parent / "stage.json")["reasoner"]
     frozen = _Frozen(reasoner=Reasoner.load(reasoner_dir), previous_ranker=QERanker.load(prev_dir))
     reasoner, previous = frozen.models["reasoner"], frozen.models["previous_ranker"]
+    seed = _stage_seed(ctx, 6, round_)
     t0 = time.perf_counter()
     q = compute_latents(ctx, reasoner, ["train", "valid"])
     latent_seconds = time.perf_counter() - t0
-    model = QERanker.load(prev_dir)  # warm start; the KL term keeps it near the previous ranker
-    model.set_intent_text_emb(reasoner.encode_texts(ctx.encoders.intent_texts))
-    res = loops.train_ranker(
-        model, qe_forward, ctx.splits["train"], ctx.splits["valid"], epochs=c.epochs, batch_size=c.batch_size,
-        lr=c.lr, weight_decay=c.weight_decay, alpha_bce=c.alpha_bce, seed=_stage_seed(ctx, 6, round_), dist=ctx.dist,
-        train_query=q["train"], valid_query=q["valid"], previous=previous, beta_kl=c.beta_kl,
-        description=f"6 calibrate (round {round_})", quiet=ctx.quiet,
-    )
+
+    def refit(query: dict[str, torch.Tensor], text_emb: torch.Tensor, label: str) -> tuple[QERanker, Any]:
+        model = QERanker.load(prev_dir)  # warm start; the KL term keeps it near the previous ranker
+        model.set_intent_text_emb(text_emb)
+        res = loops.train_ranker(
+            model, qe_forward, ctx.splits["train"], ctx.splits["valid"], epochs=c.epochs, batch_size=c.batch_size,
+            lr=c.lr, weight_decay=c.weight_decay, alpha_bce=c.alpha_bce, seed=seed, dist=ctx.dist,
+            train_query=query["train"], valid_query=query["valid"], previous=previous, beta_kl=c.beta_kl,
+            description=label, quiet=ctx.quiet,
+        )
+        return model, res
+
+    model, res = refit(q, reasoner.encode_texts(ctx.encoders.intent_texts), f"6 calibrate (round {round_})")
     valid = ranker_metrics(model, ctx.splits["valid"], q["valid"], k=ctx.config.eval_k) if ctx.dist.is_main else {}
+    control = control_res = None
+    control_valid: dict[str, float] = {}
+    if c.control:
+        # the same re-fit on the previous reasoner's latents: what the extra ranker training alone buys
+        q_prev = load_latents(ctx, prev_dir.parent, prev_reasoner_dir)
+        control, control_res = refit(q_prev, previous.intent_text_emb.clone(), f"6 control re-fit (round {round_})")
+        if ctx.dist.is_main:
+            control_valid = ranker_metrics(control, ctx.splits["valid"], q_prev["valid"], k=ctx.config.eval_k)
     checks = frozen.check("stage 6")
 
     def save(d: Path) -> None:
         model.save(d / "ranker")
+        save_latents(d, q)
         write_text_atomic(d / "losses.csv", res.log.to_csv())
+        if control is not None:
+            control.save(d / "control_ranker")
 
-    ctx.finish(6, save, {
-        "seconds": res.seconds + latent_seconds, "ranker_seconds": res.seconds, "latent_seconds": latent_seconds,
+    info = {
+        "seconds": time.perf_counter() - t0, "ranker_seconds": res.seconds, "latent_seconds": latent_seconds,
         "impressions_per_s": res.impressions_per_s, "best_epoch": res.best_epoch, "beta_kl": c.beta_kl,
         "valid": valid, "reasoner": ctx.relative(reasoner_dir), "previous_ranker": ctx.relative(prev_dir),
         "frozen_unchanged": checks,
-    }, round_)
-    ctx.log(f"stage 6 calibrate (round {round_}): valid GAUC {valid.get('gauc', float('nan')):.4f}, latents "
+    }
+    if control is not None:
+        info["control"] = {"valid": control_valid, "reasoner": ctx.relative(prev_reasoner_dir),
+                           "seconds": control_res.seconds, "best_epoch": control_res.best_epoch}
+    ctx.finish(6, save, info, round_)
+    extra = f", control re-fit without RGA {control_valid.get('gauc', float('nan')):.4f}" if control is not None else ""
+    ctx.log(f"stage 6 calibrate (round {round_}): valid GAUC {valid.get('gauc', float('nan')):.4f}{extra}, latents "
             f"{latent_seconds:.0f} s, ranker {res.seconds:.0f} s")
 
 

@@ -22,6 +22,7 @@ class RankerStageConfig:
     weight_decay: float = 1e-5
     alpha_bce: float = 0.5  # pointwise BCE weight, for calibrated probabilities (logloss)
     beta_kl: float = 0.1  # KL to the previous ranker (stage 6 only)
+    control: bool = True  # stage 6 only: also re-fit on the unaligned latents (the ablation's control)
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class WarmupConfig:
 class RGSFTConfig:
     """Stage 3: Best-of-N candidate queries scored by the reward model, SFT on the best."""
 
-    max_requests: int = 1000  # training requests with a click per round (sampling is the cost)
+    max_requests: int = 500  # training requests with a click per round (sampling and scoring are the cost)
     n_candidates: int = 8  # the N of Best-of-N
     n_sampled: int = 4  # of which sampled from the reasoner; the rest are KB texts by prior score
     temperature: float = 1.0
@@ -56,7 +57,7 @@ class DPOConfig:
 
     beta: float = 0.1
     min_margin: float = 0.05  # reward (ListNet log-likelihood) margin below which a pair is noise
-    max_pairs: int = 1000
+    max_pairs: int = 500
     epochs: int = 1
     batch_size: int = 16  # pairs per step (32 sequences through the policy)
     lr: float = 5e-5
@@ -67,7 +68,7 @@ class RGCLConfig:
     """Stage 5: InfoNCE between the prompt's latent query and the preferred query / clicked
     intents, with in-batch and KB negatives."""
 
-    max_requests: int = 3000
+    max_requests: int = 2000
     epochs: int = 1
     batch_size: int = 64
     lr: float = 2e-4

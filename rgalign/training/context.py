@@ -97,6 +97,29 @@ def compute_latents(ctx: Context, reasoner: Reasoner, splits: Iterable[str]) -> 
     return out
 
 
+LATENTS = "latents.safetensors"
+
+
+def save_latents(stage_dir: Path, latents: dict[str, torch.Tensor]) -> None:
+    """The train/valid latent queries a ranker stage trained on (stage 6's control re-fit reuses
+    them instead of running the reasoner over every request again)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in latents.items()}, str(stage_dir / LATENTS))
+
+
+def load_latents(ctx: Context, stage_dir: Path, reasoner_dir: Path) -> dict[str, torch.Tensor]:
+    """A ranker stage's saved latents, or (older runs) recomputed with its reasoner."""
+    path = stage_dir / LATENTS
+    if path.is_file():
+        from safetensors.torch import load_file
+
+        out = load_file(str(path))
+        if all(s in out and len(out[s]) == len(ctx.splits[s]) for s in ("train", "valid")):
+            return out
+    return compute_latents(ctx, Reasoner.load(reasoner_dir).eval(), ["train", "valid"])
+
+
 def require_reasoner(ctx: Context, stage: int) -> Path:
     """The reasoner the next stage starts from: that of the last finished stage that trained one."""
     from rgalign.training.run import latest_reasoner_dir

@@ -90,11 +90,17 @@ def latent_queries(reasoner, prompts: list[str], batch_size: int, dist: DistInfo
     """Latent queries (R, d) of ``prompts`` with the reasoner in eval mode; under DDP each rank
     encodes its share and the results are gathered back in order."""
     order = shard(np.arange(len(prompts)), dist)
+    # batches of similar length pad less (pooling reads the attention mask, so a prompt's latent
+    # does not depend on its batch); the rows are put back in order afterwards
+    by_len = np.argsort([len(prompts[j]) for j in order], kind="stable")
     out = []
     for i in range(0, len(order), batch_size):
-        chunk = [prompts[j] for j in order[i : i + batch_size]]
+        chunk = [prompts[j] for j in order[by_len[i : i + batch_size]]]
         out.append(reasoner.encode_prompts(chunk, batch_size=batch_size))
         if progress_bar is not None:
             progress_bar.update(task, advance=len(chunk) * dist.world_size)
-    local = torch.cat(out) if out else torch.zeros(0, reasoner.config.d_query)
+    local = torch.zeros(0, reasoner.config.d_query)
+    if out:
+        local = torch.empty(len(order), reasoner.config.d_query)
+        local[torch.from_numpy(by_len)] = torch.cat(out)
     return all_gather_rows(local, len(prompts), dist)

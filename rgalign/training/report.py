@@ -23,7 +23,10 @@ from rgalign.errors import TrainError
 from rgalign.io import atomic_dir, read_json, write_text_atomic
 from rgalign.training.run import RunDir
 
-MODEL_LABELS = {"baseline": "AutoInt+MoE (baseline)", "qe": "QE ranker (stage 2)", "qe_rga": "QE + RGA (stage 6)"}
+MODEL_LABELS = {
+    "baseline": "AutoInt+MoE (baseline)", "qe": "QE ranker (stage 2)",
+    "qe_refit": "QE re-fit as in stage 6, without RGA (control)", "qe_rga": "QE + RGA (stage 6)",
+}
 # metrics where lower is better: the sign of an improvement flips
 LOWER_IS_BETTER = {"logloss", "error_rate"}
 PLOTTED = ("gauc", "auc", "error_rate", "logloss")

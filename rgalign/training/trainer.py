@@ -36,7 +36,7 @@ from rgalign.training.config import TrainConfig
 from rgalign.training.distributed import DistInfo, barrier, init_distributed
 from rgalign.training.evaluate import baseline_forward, latent_queries, qe_forward, ranker_metrics
 from rgalign.training.context import (
-    Context, Log, compute_latents, qe_config, ranker_kwargs, reasoner_config, require_reasoner,
+    Context, Log, compute_latents, qe_config, ranker_kwargs, reasoner_config, require_reasoner, save_latents,
 )
 from rgalign.training.run import STAGE_NAMES, RunDir, fingerprint_files
 
@@ -145,6 +145,7 @@ def stage_reward(ctx: Context) -> None:
 
     def save(d: Path) -> None:
         model.save(d / "ranker")
+        save_latents(d, q)
         write_text_atomic(d / "losses.csv", res.log.to_csv())
 
     ctx.finish(2, save, {
@@ -287,8 +288,9 @@ def _stage_models(run: RunDir, index: int, round_: int) -> tuple[Path, Path] | N
 
 def evaluate_run(ctx: Context) -> dict[str, Any]:
     """Test metrics of every finished model of the run -> ``RUN/metrics.json`` (the ablation):
-    ``test`` holds baseline, qe (stage 2) and qe_rga (the last calibrate stage); ``per_stage``
-    every finished stage, in training order."""
+    ``test`` holds baseline, qe (stage 2), qe_rga (the last calibrate stage) and qe_refit (that
+    stage's control: the same ranker re-fit on the unaligned latents); ``per_stage`` every finished
+    stage, in training order."""
     k = ctx.config.eval_k
     test = ctx.splits["test"]
     latents: dict[Path, torch.Tensor] = {}
@@ -310,9 +312,13 @@ def evaluate_run(ctx: Context) -> dict[str, Any]:
         per_model["baseline"] = per_stage["0-baseline"]
     if "2-reward" in per_stage:
         per_model["qe"] = per_stage["2-reward"]
-    calibrated = [label for label in per_stage if label.startswith("6-")]
+    calibrated = [(i, r) for i, r in _finished_stages(ctx.run) if i == 6]
     if calibrated:
-        per_model["qe_rga"] = per_stage[calibrated[-1]]
+        per_model["qe_rga"] = per_stage[stage_label(*calibrated[-1])]
+        control = ctx.run.stage_info(*calibrated[-1]).get("control")
+        if control:  # the same re-fit without alignment: isolates what RGA adds
+            per_model["qe_refit"] = qe_metrics(ctx.run.root / control["reasoner"],
+                                               ctx.run.stage_dir(*calibrated[-1]) / "control_ranker")
     out: dict[str, Any] = {"test": per_model, "k": k}
     if "baseline" in per_model:
         base = per_model["baseline"]

@@ -64,10 +64,10 @@ def test_two_rounds_write_every_stage_and_the_ablation(rga_run):
         for i in (3, 4, 5, 6):
             assert run.finished(i, r), (i, r)
             assert run.stage_info(i, r)["round"] == r
-    assert set(result["test"]) == {"baseline", "qe", "qe_rga"}
+    assert set(result["test"]) == {"baseline", "qe", "qe_rga", "qe_refit"}
     for m in result["test"].values():
         assert set(m) == METRICS
-    assert set(result["relative_to_baseline"]) == {"qe", "qe_rga"}
+    assert set(result["relative_to_baseline"]) == {"qe", "qe_rga", "qe_refit"}
     assert set(result["per_stage"]) == {"0-baseline", "2-reward", *ROUND0, *ROUND1}
     # qe_rga is the last round's calibrated ranker, and final_models deploys that pair
     assert result["test"]["qe_rga"] == result["per_stage"]["6-calibrate-r1"]
@@ -88,6 +88,10 @@ def test_each_round_starts_from_the_previous_one(rga_run):
     assert run.stage_info(4, 1)["reference"] == "stages/3-rg-sft-r1/reasoner"
     assert run.stage_info(6, 0)["reasoner"] == "stages/5-rg-cl/reasoner"
     assert run.stage_info(6, 1)["previous_ranker"] == "stages/6-calibrate/ranker"
+    # the control re-fit reads the previous ranker's reasoner: round 0 the warm-up one
+    assert run.stage_info(6, 0)["control"]["reasoner"] == "stages/1-warmup/reasoner"
+    assert run.stage_info(6, 1)["control"]["reasoner"] == "stages/5-rg-cl/reasoner"
+    assert (run.stage_dir(6, 1) / "control_ranker" / "model.safetensors").is_file()
 
 
 def test_frozen_models_stay_frozen_in_every_stage(rga_run):

@@ -1,0 +1,21 @@
+"""latent_queries batches prompts by length: the rows must come back in the callers' order and
+equal the one-prompt-at-a-time latents."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from rgalign.models.tiny import tiny_reasoner
+from rgalign.training.distributed import DistInfo
+from rgalign.training.evaluate import latent_queries
+
+
+def test_latent_queries_keep_the_order_of_prompts_of_mixed_lengths():
+    reasoner = tiny_reasoner(seed=0).eval()
+    lengths = np.random.default_rng(0).integers(2, 40, 37)
+    prompts = [" ".join(f"w{i}" for i in range(n)) for n in lengths]
+    batched = latent_queries(reasoner, prompts, 8, DistInfo())
+    single = torch.cat([reasoner.encode_prompts([p]) for p in prompts])
+    assert batched.shape == (37, reasoner.config.d_query)
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-4)
