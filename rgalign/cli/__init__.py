@@ -20,6 +20,8 @@ from rgalign.cli import data as _data  # noqa: F401,E402
 from rgalign.cli import train as _train  # noqa: F401,E402
 from rgalign.cli import quickstart as _quickstart  # noqa: F401,E402
 from rgalign.cli import export as _export  # noqa: F401,E402
+from rgalign.cli import bench as _bench  # noqa: F401,E402
+from rgalign.cli import doctor as _doctor  # noqa: F401,E402
 from rgalign.cli import serve as _serve  # noqa: F401,E402
 
 
