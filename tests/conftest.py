@@ -6,6 +6,8 @@ Under CI (CI=true), a missing tritonserver is an error rather than a skip: CI ru
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
 import pytest
 
 
@@ -46,3 +48,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if marker == "triton" and os.environ.get("CI") == "true":
                 continue  # CI must run them: let the test fail on the missing server, loudly
             item.add_marker(pytest.mark.skip(reason=f"{marker}: {reason}"))
+
+
+@pytest.fixture(scope="session")
+def tiny_fp32_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real export (fp32) of `fakes.make_fake_run`, for the serving and benchmark tests: torch's
+    legacy exporter without fusions (~7 s instead of ~25 s with dynamo; what they test does not
+    depend on the exporter). Read-only: a test that changes an export copies it first."""
+    import torch
+
+    from fakes import make_fake_run
+    from rgalign.export import export_run
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models on a busy machine: see tests/export/conftest.py
+    try:
+        base = tmp_path_factory.mktemp("tiny_export")
+        run = make_fake_run(base)
+        out = base / "export"
+        export_run(run, out, precisions=("fp32",), exporter="legacy", fuse=False, threads=1)
+    finally:
+        torch.set_num_threads(threads)
+    return out

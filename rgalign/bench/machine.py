@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from importlib import metadata
 from typing import Any
 
 PACKAGES = ("rgalign", "numpy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript",
@@ -60,13 +59,9 @@ def _load() -> list[float] | None:
 
 
 def package_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    from rgalign.training.run import package_versions as versions
+
+    return versions(PACKAGES)
 
 
 def gpu_info() -> dict[str, Any]:

@@ -28,7 +28,6 @@ Everything is written in a temporary folder beside REPO and swapped in at the en
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -43,6 +42,7 @@ import numpy as np
 import rgalign
 from rgalign.errors import ConfigError, ExportError, ServeError
 from rgalign.export.pipeline import Preprocessor, read_manifest
+from rgalign.export.source import sha256_file
 from rgalign.io import atomic_dir, read_json, write_json_atomic, write_text_atomic
 from rgalign.serve import config as tc
 from rgalign.serve.repo_readme import README_TEXT
@@ -187,14 +187,6 @@ def _signature(manifest: Mapping[str, Any], precision: str) -> _Signature:
 # Sources in the export
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _artifact_path(export: Path, manifest: Mapping[str, Any], key: str, hint: str) -> Path:
     art = manifest["artifacts"].get(key)
     if art is None or "path" not in art:
@@ -205,7 +197,7 @@ def _artifact_path(export: Path, manifest: Mapping[str, Any], key: str, hint: st
     path = export / art["path"]
     if not path.is_file():
         raise ExportError(f"{export}: {art['path']} is listed in the manifest but missing; re-export")
-    if art.get("sha256") and _sha256(path) != art["sha256"]:
+    if art.get("sha256") and sha256_file(path) != art["sha256"]:
         raise ExportError(
             f"{path} does not match the sha256 in {export}/manifest.json (changed since export?); "
             "re-export the run"
@@ -495,7 +487,7 @@ def deploy(
         shutil.copyfile(export / "manifest.json", tmp / "manifest.json")
         write_text_atomic(tmp / "README.md", README_TEXT)
         files = {
-            os.fspath(p.relative_to(tmp)): _sha256(p)
+            os.fspath(p.relative_to(tmp)): sha256_file(p)
             for p in sorted(tmp.rglob("*"))
             if p.is_file() and p.suffix in (".onnx", ".plan", ".pbtxt")
         }
@@ -505,7 +497,7 @@ def deploy(
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "export": {
                 "path": os.fspath(export.resolve()),
-                "manifest_sha256": _sha256(export / "manifest.json"),
+                "manifest_sha256": sha256_file(export / "manifest.json"),
                 "source_run": manifest.get("source", {}).get("run"),
             },
             "options": options.to_dict(),

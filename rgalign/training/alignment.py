@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,50 @@ def stage_rg_sft(ctx: Context, round_: int) -> None:
             f"({100 * from_samples:.0f}% of best sampled), LM loss {res.final_loss:.3f}, {info['seconds']:.0f} s")
 
 
+def _train_policy(
+    ctx: Context,
+    policy: Reasoner,
+    n_items: int,
+    step: Callable[[np.ndarray], tuple[torch.Tensor, dict[str, float]]],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    description: str,
+) -> loops.LossLog:
+    """The loop stages 4 and 5 share: AdamW with a one-cycle schedule over ``epochs`` passes of
+    ``n_items`` in seeded, rank-sharded batches; ``step(idx)`` returns the batch's loss (with its
+    graph) and the floats to log (the first is shown on the progress bar)."""
+    params = [p for p in policy.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    rng = np.random.default_rng(seed)
+    steps_per_epoch = math.ceil(math.ceil(n_items / ctx.dist.world_size) / batch_size)
+    total = max(1, epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.1)
+    log = loops.LossLog()
+    policy.train()
+    with loops.progress(disable=ctx.quiet or not ctx.dist.is_main) as bar:
+        task = bar.add_task(description, total=total, info="")
+        for epoch in range(epochs):
+            order = shard(rng.permutation(n_items), ctx.dist)
+            for k in range(steps_per_epoch):
+                idx = order[k * batch_size : (k + 1) * batch_size]
+                if len(idx) == 0:
+                    idx = order[:batch_size]  # keeps step counts equal across ranks
+                loss, stats = step(idx)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                sched.step()
+                log.add(epoch=epoch, step=len(log.rows), **stats)
+                bar.update(task, advance=1, info=" ".join(f"{name} {v:.3f}" for name, v in list(stats.items())[:2]))
+    policy.eval()
+    return log
+
+
 # ---- stage 4: DPO --------------------------------------------------------------------------------
 
 
@@ -224,35 +269,16 @@ def stage_dpo(ctx: Context, round_: int) -> None:
     ref_r = rga.batched_sequence_logprobs(reference, tok, prompts, [p.rejected for p in pairs], batch_size=64)
 
     model = loops._wrap(_SequenceLogprobs(policy), ctx.dist, find_unused=True)
-    params = [p for p in policy.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=0.0)
-    rng = np.random.default_rng(seed)
-    steps_per_epoch = math.ceil(math.ceil(len(pairs) / ctx.dist.world_size) / c.batch_size)
-    total = max(1, c.epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=c.lr, total_steps=total, pct_start=0.1)
-    log = loops.LossLog()
-    policy.train()
-    with loops.progress(disable=ctx.quiet or not ctx.dist.is_main) as bar:
-        task = bar.add_task(f"4 DPO (round {round_})", total=total, info="")
-        for epoch in range(c.epochs):
-            order = shard(rng.permutation(len(pairs)), ctx.dist)
-            for step in range(steps_per_epoch):
-                idx = order[step * c.batch_size : (step + 1) * c.batch_size]
-                if len(idx) == 0:
-                    idx = order[: c.batch_size]
-                n = len(idx)
-                enc = encode_pairs(tok, [prompts[i] for i in idx] * 2,
-                                   [pairs[i].chosen for i in idx] + [pairs[i].rejected for i in idx], max_len)
-                logps = model(enc["input_ids"], enc["attention_mask"], enc["labels"]).float()
-                loss, stats = rga.dpo_loss(logps[:n], logps[n:], ref_c[idx], ref_r[idx], beta=c.beta)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                sched.step()
-                log.add(epoch=epoch, step=len(log.rows), **stats)
-                bar.update(task, advance=1, info=f"loss {stats['loss']:.3f} acc {stats['reward_accuracy']:.2f}")
-    policy.eval()
+
+    def step(idx: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
+        n = len(idx)
+        enc = encode_pairs(tok, [prompts[i] for i in idx] * 2,
+                           [pairs[i].chosen for i in idx] + [pairs[i].rejected for i in idx], max_len)
+        logps = model(enc["input_ids"], enc["attention_mask"], enc["labels"]).float()
+        return rga.dpo_loss(logps[:n], logps[n:], ref_c[idx], ref_r[idx], beta=c.beta)
+
+    log = _train_policy(ctx, policy, len(pairs), step, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
+                        weight_decay=0.0, seed=seed, description=f"4 DPO (round {round_})")
     seconds = time.perf_counter() - t0
     checks = frozen.check("stage 4")
     tail = log.rows[-20:]
@@ -340,34 +366,16 @@ def stage_rg_cl(ctx: Context, round_: int) -> None:
     before = _kb_retrieval(policy, vprompts, ~not_clicked, kb_latents, ctx.config.infer_batch)
 
     model = loops._wrap(policy, ctx.dist, find_unused=True)  # the LM head gets no gradient here
-    params = [p for p in policy.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=0.01)
-    rng = np.random.default_rng(seed)
-    steps_per_epoch = math.ceil(math.ceil(len(prompts) / ctx.dist.world_size) / c.batch_size)
-    total = max(1, c.epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=c.lr, total_steps=total, pct_start=0.1)
     negatives = kb_latents if c.kb_negatives else None
-    log = loops.LossLog()
-    policy.train()
-    with loops.progress(disable=ctx.quiet or not ctx.dist.is_main) as bar:
-        task = bar.add_task(f"5 RG-CL (round {round_})", total=total, info="")
-        for epoch in range(c.epochs):
-            order = shard(rng.permutation(len(prompts)), ctx.dist)
-            for step in range(steps_per_epoch):
-                idx = order[step * c.batch_size : (step + 1) * c.batch_size]
-                if len(idx) == 0:
-                    idx = order[: c.batch_size]
-                anchor = _latents_with_grad(model, tok, [prompts[i] for i in idx], max_len)
-                loss = rga.info_nce(anchor, positives[idx], negatives, c.temperature,
-                                    neg_mask[idx] if negatives is not None else None)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                sched.step()
-                log.add(epoch=epoch, step=len(log.rows), info_nce=float(loss.detach()))
-                bar.update(task, advance=1, info=f"InfoNCE {float(loss.detach()):.3f}")
-    policy.eval()
+
+    def step(idx: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
+        anchor = _latents_with_grad(model, tok, [prompts[i] for i in idx], max_len)
+        loss = rga.info_nce(anchor, positives[idx], negatives, c.temperature,
+                            neg_mask[idx] if negatives is not None else None)
+        return loss, {"info_nce": float(loss.detach())}
+
+    log = _train_policy(ctx, policy, len(prompts), step, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
+                        weight_decay=0.01, seed=seed, description=f"5 RG-CL (round {round_})")
     after = _kb_retrieval(policy, vprompts, ~not_clicked, kb_latents, ctx.config.infer_batch)
     seconds = time.perf_counter() - t0
     checks = frozen.check("stage 5")

@@ -33,12 +33,12 @@ STAGE_NAMES = {0: "baseline", 1: "warmup", 2: "reward", 3: "rg-sft", 4: "dpo", 5
 _VERSIONED = ("torch", "transformers", "tokenizers", "numpy", "pandas", "onnx", "onnxruntime")
 
 
-def package_versions() -> dict[str, str]:
+def package_versions(names: tuple[str, ...] = _VERSIONED) -> dict[str, str]:
     """Versions of the packages a result depends on (absent ones are left out)."""
     import rgalign
 
     out = {"python": platform.python_version(), "rgalign": rgalign.__version__}
-    for name in _VERSIONED:
+    for name in names:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

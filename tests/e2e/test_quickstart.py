@@ -7,32 +7,25 @@ import json
 
 import pytest
 
+from fakes import E2E_DATA, TINY_TRAIN
 from rgalign.serve.server import find_processes
 from rgalign.training.config import TrainConfig
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
-TINY_DATA = {"users": 60, "intents": 50, "requests": 300, "seed": 0, "slate_size": 8}
-TINY_TRAIN = {
-    "reasoner": {"vocab_size": 400, "hidden": 64, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate": 128,
-                 "max_len": 96, "d_query": 16, "tokenizer_corpus": 200},
-    "ranker": {"field_dim": 8, "dim": 16, "expert_hidden": 32, "n_experts": 2},
-    "baseline": {"epochs": 1, "batch_size": 64},
-    "warmup": {"max_examples": 32, "batch_size": 16},
-    "reward": {"epochs": 1, "batch_size": 64},
-    "rg_sft": {"max_requests": 24, "batch_size": 12, "max_new_tokens": 6},
-    "dpo": {"batch_size": 8, "min_margin": 0.0},
-    "rg_cl": {"max_requests": 48, "batch_size": 24},
-    "calibrate": {"epochs": 1, "batch_size": 64, "control": False},
+# one epoch / fewer examples than the other e2e tests: this one also exports, serves and benchmarks
+TINY_QUICKSTART = {
+    **TINY_TRAIN, "baseline": {"epochs": 1, "batch_size": 64}, "reward": {"epochs": 1, "batch_size": 64},
+    "warmup": {"max_examples": 32, "batch_size": 16}, "calibrate": {"epochs": 1, "batch_size": 64, "control": False},
 }
 
 
 def test_quickstart_runs_every_step_then_reuses_them(tmp_path):
     from rgalign.quickstart import quickstart
 
-    cfg = TrainConfig.from_dict(TINY_TRAIN)
+    cfg = TrainConfig.from_dict(TINY_QUICKSTART)
     messages: list[str] = []
-    res = quickstart(tmp_path / "qs", log=messages.append, quiet=True, data_params=TINY_DATA, train_config=cfg,
+    res = quickstart(tmp_path / "qs", log=messages.append, quiet=True, data_params=E2E_DATA, train_config=cfg,
                      precision="fp32")
     assert set(res.metrics["test"]) == {"baseline", "qe", "qe_rga"}
     manifest = json.loads((res.export / "manifest.json").read_text())
@@ -48,7 +41,7 @@ def test_quickstart_runs_every_step_then_reuses_them(tmp_path):
     assert not find_processes(marker=str(res.repo)), "no tritonserver or stub left running"
 
     again: list[str] = []
-    quickstart(tmp_path / "qs", log=again.append, quiet=True, data_params=TINY_DATA, train_config=cfg,
+    quickstart(tmp_path / "qs", log=again.append, quiet=True, data_params=E2E_DATA, train_config=cfg,
                precision="fp32")
     assert any(m.startswith("data: reusing") for m in again)
     assert sum("finished earlier" in m for m in again) == 7

@@ -11,6 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from fakes import E2E_DATA, TINY_TRAIN
 from rgalign.cli._app import app
 from rgalign.data.synth import synthesize
 from rgalign.errors import ConfigError, TrainError
@@ -19,18 +20,6 @@ from rgalign.training.alignment import CANDIDATES, _Frozen
 from rgalign.training.config import TrainConfig
 from rgalign.training.run import RunDir, final_models
 
-TINY_RGA = {
-    "reasoner": {"vocab_size": 400, "hidden": 64, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate": 128,
-                 "max_len": 96, "d_query": 16, "tokenizer_corpus": 200},
-    "ranker": {"field_dim": 8, "dim": 16, "expert_hidden": 32, "n_experts": 2},
-    "baseline": {"epochs": 2, "batch_size": 64},
-    "warmup": {"max_examples": 48, "batch_size": 16},
-    "reward": {"epochs": 2, "batch_size": 64},
-    "rg_sft": {"max_requests": 48, "batch_size": 16, "max_new_tokens": 8},
-    "dpo": {"batch_size": 8, "min_margin": 0.0},
-    "rg_cl": {"max_requests": 80, "batch_size": 32},
-    "calibrate": {"epochs": 2, "batch_size": 64},
-}
 METRICS = {"auc", "gauc", "logloss", "error_rate", "recall@3", "ndcg@3", "hitrate@3"}
 ROUND0 = ["3-rg-sft", "4-dpo", "5-rg-cl", "6-calibrate"]
 ROUND1 = [s + "-r1" for s in ROUND0]
@@ -43,14 +32,14 @@ def _hashes(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return synthesize(tmp_path_factory.mktemp("data") / "d", users=60, intents=50, requests=300, seed=0, slate_size=8)
+    return synthesize(tmp_path_factory.mktemp("data") / "d", **E2E_DATA)
 
 
 @pytest.fixture(scope="module")
 def rga_run(data, tmp_path_factory) -> tuple[Path, dict, dict]:
     """Stages 0-2, then the file hashes of those stages, then two rounds of 3-6."""
     out = tmp_path_factory.mktemp("runs") / "run"
-    cfg = TrainConfig.from_dict(TINY_RGA)
+    cfg = TrainConfig.from_dict(TINY_TRAIN)
     trainer.train(data, out, cfg, [0, 1, 2], log=lambda m: None, quiet=True)
     before = _hashes(out / "stages")
     result = trainer.train(data, out, cfg, None, rounds=2, log=lambda m: None, quiet=True)
@@ -122,7 +111,7 @@ def test_best_of_n_on_disk_is_the_reward_argmax(rga_run):
     pools = [json.loads(line) for line in (run.stage_dir(3) / CANDIDATES).read_text().splitlines()]
     assert len(pools) == run.stage_info(3)["requests"] > 0
     for p in pools:
-        assert len(p["candidates"]) == len(p["rewards"]) == TINY_RGA["rg_sft"].get("n_candidates", 8)
+        assert len(p["candidates"]) == len(p["rewards"]) == TINY_TRAIN["rg_sft"].get("n_candidates", 8)
         assert p["best"] == max(range(len(p["rewards"])), key=lambda j: (p["rewards"][j], -j))
         assert p["rewards"][p["worst"]] == min(p["rewards"])
     info = run.stage_info(3)
@@ -137,7 +126,7 @@ def test_rg_cl_moves_latents_towards_the_clicked_intents(rga_run):
 
 def test_resume_skips_finished_rounds_and_a_third_round_adds_only_itself(rga_run, data):
     out, _, _ = rga_run
-    cfg = TrainConfig.from_dict(TINY_RGA)
+    cfg = TrainConfig.from_dict(TINY_TRAIN)
     before = _hashes(out / "stages")
     messages: list[str] = []
     trainer.train(data, out, cfg, [3, 4, 5, 6], rounds=2, log=messages.append, quiet=True)
@@ -153,7 +142,7 @@ def test_dpo_without_any_pair_over_the_margin_fails_and_writes_nothing(rga_run, 
     shutil.copytree(out, copy)
     for name in ("4-dpo", "5-rg-cl", "6-calibrate", *ROUND1):
         shutil.rmtree(copy / "stages" / name)
-    strict = dict(TINY_RGA, dpo={**TINY_RGA["dpo"], "min_margin": 1e9})
+    strict = dict(TINY_TRAIN, dpo={**TINY_TRAIN["dpo"], "min_margin": 1e9})
     run_json = json.loads((copy / "run.json").read_text())
     run_json["config"] = TrainConfig.from_dict(strict).to_dict()
     (copy / "run.json").write_text(json.dumps(run_json))
@@ -164,14 +153,14 @@ def test_dpo_without_any_pair_over_the_margin_fails_and_writes_nothing(rga_run, 
 
 
 def test_stage_4_before_stage_3_is_a_clear_error(data, tmp_path):
-    cfg = TrainConfig.from_dict(TINY_RGA)
+    cfg = TrainConfig.from_dict(TINY_TRAIN)
     with pytest.raises(TrainError, match="stage 4 needs stage 3"):
         trainer.train(data, tmp_path / "r", cfg, [4], log=lambda m: None, quiet=True)
 
 
 def test_bad_rounds_and_stages_are_config_errors(data, tmp_path):
     with pytest.raises(ConfigError, match="rounds"):
-        trainer.train(data, tmp_path / "r", TrainConfig.from_dict(TINY_RGA), [0], rounds=0)
+        trainer.train(data, tmp_path / "r", TrainConfig.from_dict(TINY_TRAIN), [0], rounds=0)
     with pytest.raises(ConfigError, match="no stage 7"):
         trainer.parse_stages("0-7")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from fakes import E2E_DATA, TINY_TRAIN
 from rgalign.cli._app import app
 from rgalign.data.synth import synthesize
 from rgalign.errors import ConfigError, DataError
@@ -22,25 +23,17 @@ from rgalign.training.run import RunDir, final_models
 
 METRICS = {"auc", "gauc", "logloss", "error_rate", "recall@3", "ndcg@3", "hitrate@3"}
 
-TINY = {
-    "reasoner": {"vocab_size": 400, "hidden": 64, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate": 128,
-                 "max_len": 96, "d_query": 16, "tokenizer_corpus": 200},
-    "ranker": {"field_dim": 8, "dim": 16, "expert_hidden": 32, "n_experts": 2},
-    "baseline": {"epochs": 2, "batch_size": 64},
-    "warmup": {"max_examples": 48, "batch_size": 16},
-    "reward": {"epochs": 2, "batch_size": 64},
-}
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    return synthesize(tmp_path_factory.mktemp("data") / "d", users=60, intents=50, requests=300, seed=0, slate_size=8)
+    return synthesize(tmp_path_factory.mktemp("data") / "d", **E2E_DATA)
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny_data, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("runs") / "run"
-    result = trainer.train(tiny_data, out, TrainConfig.from_dict(TINY), [0, 1, 2], log=lambda m: None, quiet=True)
+    result = trainer.train(tiny_data, out, TrainConfig.from_dict(TINY_TRAIN), [0, 1, 2], log=lambda m: None, quiet=True)
     return out, result
 
 
@@ -79,7 +72,7 @@ def test_rerun_skips_finished_stages(tiny_run, tiny_data):
     out, _ = tiny_run
     before = {p: p.stat().st_mtime_ns for p in (out / "stages").rglob("*.safetensors")}
     logs: list[str] = []
-    trainer.train(tiny_data, out, TrainConfig.from_dict(TINY), [0, 1, 2], log=logs.append, quiet=True)
+    trainer.train(tiny_data, out, TrainConfig.from_dict(TINY_TRAIN), [0, 1, 2], log=logs.append, quiet=True)
     assert sum("finished earlier, skipped" in m for m in logs) == 3
     assert {p: p.stat().st_mtime_ns for p in (out / "stages").rglob("*.safetensors")} == before
 
@@ -94,17 +87,17 @@ def test_interrupted_stage_leaves_nothing_and_resumes(tiny_run, tiny_data, tmp_p
 
     monkeypatch.setitem(trainer.STAGES, 2, boom)
     with pytest.raises(KeyboardInterrupt):
-        trainer.train(tiny_data, out, TrainConfig.from_dict(TINY), [0, 1, 2], log=lambda m: None, quiet=True)
+        trainer.train(tiny_data, out, TrainConfig.from_dict(TINY_TRAIN), [0, 1, 2], log=lambda m: None, quiet=True)
     assert not RunDir(out).finished(2)
     monkeypatch.undo()
     logs: list[str] = []
-    trainer.train(tiny_data, out, TrainConfig.from_dict(TINY), [0, 1, 2], log=logs.append, quiet=True)
+    trainer.train(tiny_data, out, TrainConfig.from_dict(TINY_TRAIN), [0, 1, 2], log=logs.append, quiet=True)
     assert RunDir(out).finished(2)
     assert sum("skipped" in m for m in logs) == 2
 
 
 def test_other_config_on_existing_run_is_refused(tiny_run, tiny_data):
-    cfg = dict(TINY, seed=5)
+    cfg = dict(TINY_TRAIN, seed=5)
     with pytest.raises(ConfigError, match="seed|another config"):
         trainer.train(tiny_data, tiny_run[0], TrainConfig.from_dict(cfg), [0], log=lambda m: None, quiet=True)
 
@@ -118,7 +111,7 @@ def test_invalid_dataset_stops_before_training(tiny_data, tmp_path):
     imp.loc[3, "label"] = 2
     imp.to_parquet(bad / "impressions.parquet")
     with pytest.raises(DataError, match="label"):
-        trainer.train(bad, tmp_path / "run", TrainConfig.from_dict(TINY), [0], log=lambda m: None, quiet=True)
+        trainer.train(bad, tmp_path / "run", TrainConfig.from_dict(TINY_TRAIN), [0], log=lambda m: None, quiet=True)
     assert not (tmp_path / "run" / "stages").exists()
 
 
@@ -153,7 +146,7 @@ def test_cli_stages_option_is_validated(tiny_data, tmp_path):
 def test_ddp_two_processes_give_the_same_artifacts(tiny_data, tiny_run, tmp_path):
     """torchrun --nproc_per_node 2 (gloo on CPU) runs stages 0-2 and writes the same files."""
     cfg = tmp_path / "tiny.json"
-    cfg.write_text(json.dumps(TINY))
+    cfg.write_text(json.dumps(TINY_TRAIN))
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     with socket.socket() as sock:  # torchrun's --master_port 0 hangs the rendezvous: pick one

@@ -1,7 +1,5 @@
-"""A fake training run for export tests, built in seconds: the 50-intent synthetic dataset
-(`rgalign.data.synth.tiny_dataset`'s draws, written to disk so the run's data path works), encoders
-fitted on it, a tokenizer trained on its prompts, the tiny 2-layer reasoner and a QE ranker sized
-from the encoders, laid out as `rgalign train` lays out a run."""
+"""Fixtures of the export tests; the fake run itself is `fakes.make_fake_run` (shared with the
+serving and benchmark tests)."""
 
 from __future__ import annotations
 
@@ -9,58 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rgalign.io import write_json_atomic
-
-TINY_DATA = dict(users=60, intents=50, requests=400, seed=0, slate_size=8)  # = tiny_dataset()'s
-
-
-def make_fake_run(tmp_path: Path, seed: int = 0) -> Path:
-    """``tmp_path/run``: run.json, encoders.json, tokenizer/, prompt_fields.json and stages
-    1-warmup/reasoner + 2-reward/ranker (with their stage.json), from ``tmp_path/data``."""
-    from rgalign.data.encoders import FeatureEncoders
-    from rgalign.data.loader import load_dataset
-    from rgalign.data.requests import build_requests
-    from rgalign.data.synth import synthesize
-    from rgalign.models.prompt import PromptFields, build_prompt
-    from rgalign.models.qe_ranker import QERanker, QERankerConfig
-    from rgalign.models.reasoner import Reasoner
-    from rgalign.models.tiny import tiny_reasoner_config
-    from rgalign.models.tokenizer import train_tokenizer
-
-    data = synthesize(tmp_path / "data", **TINY_DATA)
-    ds = load_dataset(data)
-    enc = FeatureEncoders.fit(ds)
-    fields = PromptFields.from_schema(ds.schema)
-    train = build_requests(ds, enc, "train")
-    prompts = [build_prompt(r, fields) for r in train.raw]
-    tok = train_tokenizer(prompts + ds.intent_texts * 4, vocab_size=512)
-
-    reasoner = Reasoner(tiny_reasoner_config(seed=seed), tok).eval()
-    # tiny_qe_ranker's cardinalities are those of rgalign.models.tiny's requests, not this
-    # dataset's: size the ranker from the encoders, with tiny's other dimensions
-    ranker = QERanker(QERankerConfig(
-        cardinalities=tuple(enc.cardinalities), n_numeric=len(enc.numeric_fields), n_intents=enc.num_intents,
-        d_query=reasoner.config.d_query, text_dim=reasoner.hidden_size, field_dim=16, dim=16,
-        expert_hidden=32, seed=seed,
-    )).eval()
-    ranker.set_intent_text_emb(reasoner.encode_texts(ds.intent_texts))
-
-    run = tmp_path / "run"
-    run.mkdir()
-    write_json_atomic(run / "run.json", {
-        "seed": seed, "config": {"reasoner": reasoner.config.to_dict()},
-        "data": {"path": str(data.resolve()), "sha256": "fake"},
-    })
-    enc.to_json(run / "encoders.json")
-    tok.save_pretrained(run / "tokenizer")
-    write_json_atomic(run / "prompt_fields.json", fields.to_dict())
-    warm = run / "stages" / "1-warmup"
-    reasoner.save(warm / "reasoner")
-    write_json_atomic(warm / "stage.json", {"stage": 1, "name": "warmup"})
-    reward = run / "stages" / "2-reward"
-    ranker.save(reward / "ranker")
-    write_json_atomic(reward / "stage.json", {"stage": 2, "name": "reward", "reasoner": "stages/1-warmup/reasoner"})
-    return run
+from fakes import make_fake_run
 
 
 @pytest.fixture(autouse=True)
