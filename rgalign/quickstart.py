@@ -55,6 +55,7 @@ class QuickstartResult:
     queries: list[dict[str, Any]] = field(default_factory=list)
     ratios: dict[str, Any] = field(default_factory=dict)
     urls: dict[str, str] = field(default_factory=dict)
+    precision: str = QUICKSTART_PRECISION  # what was deployed
 
 
 def export_is_current(run: Path, export: Path) -> bool:
@@ -117,29 +118,42 @@ def quickstart(
 
     res.metrics = train(res.data, res.run, train_config or QUICKSTART_TRAIN, None, log=log, quiet=quiet)
 
-    res.export_steps = _export(res, precision, log)
+    res.export_steps, precision = _export(res, precision, log)
+    res.precision = precision
     _deploy(res, precision, log)
     _serve_query_bench(res, precision, log)
     return res
 
 
-def _export(res: QuickstartResult, precision: str, log: Log) -> list[dict[str, Any]]:
+def _export(res: QuickstartResult, precision: str, log: Log) -> tuple[list[dict[str, Any]], str]:
+    """Export (or reuse) and return the manifest's steps and the precision to deploy: the asked
+    one, or fp16 when no int8 pair passes its gates (the export says which gate missed)."""
+    from rgalign.errors import ExportError
     from rgalign.export.build import export_run
     from rgalign.io import read_json
 
     manifest_path = res.export / "manifest.json"
-    if export_is_current(res.run, res.export) and precision in read_json(manifest_path).get("precisions", []):
-        log(f"export: reusing {res.export} (made from the run's current models)")
-        manifest = read_json(res.export / "manifest.json")
-    else:
-        def progress(step: str, status: str, message: str = "") -> None:
-            if status != "START":
-                log(f"export {step}: {status} {message}".rstrip())
+    if export_is_current(res.run, res.export):
+        manifest = read_json(manifest_path)
+        if precision in manifest.get("precisions", []) or "fp16" in manifest.get("precisions", []):
+            log(f"export: reusing {res.export} (made from the run's current models)")
+            return list(manifest.get("steps", [])), precision if precision in manifest["precisions"] else "fp16"
 
-        precisions = ["fp32", "fp16", "int8"] if precision != "fp32" else ["fp32"]
+    def progress(step: str, status: str, message: str = "") -> None:
+        if status != "START":
+            log(f"export {step}: {status} {message}".rstrip())
+
+    precisions = ["fp32", "fp16", "int8"] if precision != "fp32" else ["fp32"]
+    try:
         manifest = export_run(res.run, res.export, precisions=precisions, progress=progress)
-        log(f"export: wrote {res.export} in {manifest.get('seconds', 0):.0f} s")
-    return list(manifest.get("steps", []))
+    except ExportError as e:
+        if precision != "int8":
+            raise
+        log(f"export: int8 missed its gates ({e}); exporting fp32 and fp16, and deploying fp16")
+        manifest = export_run(res.run, res.export, precisions=["fp32", "fp16"], progress=progress)
+        precision = "fp16"
+    log(f"export: wrote {res.export} in {manifest.get('seconds', 0):.0f} s")
+    return list(manifest.get("steps", [])), precision
 
 
 def _deploy(res: QuickstartResult, precision: str, log: Log) -> None:

@@ -50,7 +50,7 @@ def quickstart_cmd(
     paths.add_column("what")
     paths.add_column("where")
     for what, where in (("dataset", res.data), ("training run", res.run), ("ablation", res.run / "metrics.json"),
-                        ("ONNX export", res.export), ("Triton repository", res.repo),
+                        ("ONNX export", res.export), (f"Triton repository ({res.precision}, python backend)", res.repo),
                         ("benchmark", res.bench / "bench.md"), ("server log", res.out / "tritonserver.log")):
         paths.add_row(what, str(where))
     console.print(paths)
