@@ -163,8 +163,16 @@ def _deploy(res: QuickstartResult, precision: str, log: Log) -> None:
     log(f"deploy: wrote {res.repo} (python backend, {precision})")
 
 
+def _context(record: dict[str, Any], width: int = 60) -> str:
+    """A short description of a request for the summary: its order status and recent actions."""
+    keys = [k for k in ("last_order_status", "days_since_last_order", "recent_actions") if k in record]
+    text = ", ".join(f"{k}={record[k]}" for k in keys) or ", ".join(f"{k}={v}" for k, v in list(record.items())[:3])
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def _serve_query_bench(res: QuickstartResult, precision: str, log: Log) -> None:
     from rgalign.bench.runner import run_bench
+    from rgalign.io import read_json
     from rgalign.serve.client import RgalignClient
     from rgalign.serve.server import TritonServer
 
@@ -176,8 +184,11 @@ def _serve_query_bench(res: QuickstartResult, precision: str, log: Log) -> None:
         records = sample_records(res.data, QUICKSTART_QUERIES)
         with RgalignClient(server.http_url) as client:
             ranked = client.rank(records, k=3)
+        intents = read_json(res.export / "intents.json")
+        text_of = dict(zip(intents["intent_ids"], intents["intent_texts"]))
         res.queries = [
-            {"user_id": rec.get("user_id"), "intent_ids": list(r.intent_ids), "scores": [float(s) for s in r.scores]}
+            {"context": _context(rec), "intent_ids": list(r.intent_ids), "scores": [float(s) for s in r.scores],
+             "texts": [text_of.get(i, "") for i in r.intent_ids]}
             for rec, r in zip(records, ranked)
         ]
         log(f"query: {len(ranked)} requests answered by the ensemble")

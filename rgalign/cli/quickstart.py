@@ -30,10 +30,10 @@ def quickstart_cmd(
     print_metrics(res.metrics)
 
     answers = Table(title="the Triton ensemble's top-3 for test requests", title_justify="left")
-    answers.add_column("user")
-    answers.add_column("intents (score)")
+    answers.add_column("request")
+    answers.add_column("top-3 intents (score)")
     for q in res.queries:
-        answers.add_row(str(q["user_id"]), ", ".join(f"{i} ({s:.2f})" for i, s in zip(q["intent_ids"], q["scores"])))
+        answers.add_row(q["context"], "\n".join(f"{t} ({s:.2f})" for t, s in zip(q["texts"], q["scores"])))
     console.print(answers)
 
     r = res.ratios

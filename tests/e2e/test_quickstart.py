@@ -31,7 +31,7 @@ def test_quickstart_runs_every_step_then_reuses_them(tmp_path):
     manifest = json.loads((res.export / "manifest.json").read_text())
     assert manifest["source"]["ranker"] == "stages/6-calibrate/ranker"  # the aligned pair is deployed
     assert (res.repo / "rgalign" / "config.pbtxt").is_file()
-    assert len(res.queries) == 3 and all(len(q["intent_ids"]) == 3 for q in res.queries)
+    assert len(res.queries) == 3 and all(len(q["intent_ids"]) == len(q["texts"]) == 3 for q in res.queries)
     for q in res.queries:
         assert q["scores"] == sorted(q["scores"], reverse=True)
     bench = json.loads((res.bench / "bench.json").read_text())
