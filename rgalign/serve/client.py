@@ -133,7 +133,25 @@ def _client_errors() -> tuple[type[BaseException], ...]:
     return (InferenceServerException, OSError)
 
 
-class RgalignClient:
+class _Client:
+    """What both clients share: the address, the model, the timeout, and how a request is built."""
+
+    def __init__(self, url: str, protocol: str | None, model: str, timeout: float | None, aio: bool) -> None:
+        self.address, self.protocol = split_url(url, protocol)
+        self.url = f"{self.protocol}://{self.address}"
+        self.model = model
+        self.timeout = timeout
+        self._module, self._aio = _module(self.protocol, aio=aio)
+
+    def _request(self, records: Sequence[Record], k: int | None) -> tuple[list[Any], dict[str, Any]]:
+        """(inputs, keyword arguments of ``infer``) of one request for ``records``."""
+        kwargs: dict[str, Any] = {"outputs": _outputs(self._module)}
+        if self.protocol == "grpc" and self.timeout is not None:
+            kwargs["client_timeout"] = self.timeout
+        return _inputs(self._module, records, k), kwargs
+
+
+class RgalignClient(_Client):
     """A blocking client of the ``rgalign`` ensemble (``protocol`` "http" or "grpc"; a
     ``grpc://`` or ``http://`` url decides by itself). ``timeout`` seconds per request (None:
     the library's default). Close it (or use ``with``) before stopping a server: an open HTTP
@@ -142,11 +160,7 @@ class RgalignClient:
     def __init__(
         self, url: str, protocol: str | None = None, model: str = MODEL, timeout: float | None = 30.0
     ) -> None:
-        self.address, self.protocol = split_url(url, protocol)
-        self.url = f"{self.protocol}://{self.address}"
-        self.model = model
-        self.timeout = timeout
-        self._module, _ = _module(self.protocol, aio=False)
+        super().__init__(url, protocol, model, timeout, aio=False)
         try:
             if self.protocol == "http":
                 kwargs = {}
@@ -163,10 +177,7 @@ class RgalignClient:
         records = list(records)
         if not records:
             return []
-        inputs = _inputs(self._module, records, k)
-        kwargs: dict[str, Any] = {"outputs": _outputs(self._module)}
-        if self.protocol == "grpc" and self.timeout is not None:
-            kwargs["client_timeout"] = self.timeout
+        inputs, kwargs = self._request(records, k)
         try:
             result = self._client.infer(self.model, inputs, **kwargs)
         except _client_errors() as e:
@@ -190,30 +201,23 @@ class RgalignClient:
         self.close()
 
 
-class AsyncRgalignClient:
+class AsyncRgalignClient(_Client):
     """The asyncio twin of `RgalignClient` (tritonclient's ``http.aio`` / ``grpc.aio``)."""
 
     def __init__(
         self, url: str, protocol: str | None = None, model: str = MODEL, timeout: float | None = 30.0
     ) -> None:
-        self.address, self.protocol = split_url(url, protocol)
-        self.url = f"{self.protocol}://{self.address}"
-        self.model = model
-        self.timeout = timeout
-        self._module, aio = _module(self.protocol, aio=True)
+        super().__init__(url, protocol, model, timeout, aio=True)
         if self.protocol == "http" and timeout is not None:
-            self._client = aio.InferenceServerClient(self.address, conn_timeout=timeout)
+            self._client = self._aio.InferenceServerClient(self.address, conn_timeout=timeout)
         else:
-            self._client = aio.InferenceServerClient(self.address)
+            self._client = self._aio.InferenceServerClient(self.address)
 
     async def rank(self, records: Sequence[Record], k: int | None = None) -> list[Ranked]:
         records = list(records)
         if not records:
             return []
-        inputs = _inputs(self._module, records, k)
-        kwargs: dict[str, Any] = {"outputs": _outputs(self._module)}
-        if self.protocol == "grpc" and self.timeout is not None:
-            kwargs["client_timeout"] = self.timeout
+        inputs, kwargs = self._request(records, k)
         try:
             result = await self._client.infer(self.model, inputs, **kwargs)
         except _client_errors() as e:
