@@ -151,9 +151,9 @@ def stage_rg_sft(ctx: Context, round_: int) -> None:
     )
     checks = frozen.check("stage 3")
 
-    kb_keys = {rga._dedup_key(t) for t in kb}
+    kb_keys = {rga.dedup_key(t) for t in kb}
     best_text = [cs[int(i)] for cs, i in zip(cands, best)]
-    from_samples = float(np.mean([rga._dedup_key(t) not in kb_keys for t in best_text]))
+    from_samples = float(np.mean([rga.dedup_key(t) not in kb_keys for t in best_text]))
     request_ids = ctx.splits["train"].request_ids[rows]
 
     def save(d: Path) -> None:

@@ -54,6 +54,7 @@ __all__ = [
     "candidate_queries",
     "changed_names",
     "clicked_intent_targets",
+    "dedup_key",
     "dpo_batch_loss",
     "dpo_loss",
     "dpo_pairs",
@@ -97,7 +98,7 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
-def _dedup_key(text: str) -> str:
+def dedup_key(text: str) -> str:
     """Two candidates are the same query when they differ only in case and whitespace."""
     return " ".join(text.split()).casefold()
 
@@ -195,7 +196,7 @@ def candidate_queries(
         seen: set[str] = set()
         for t in sampled[i]:
             t = t.strip()
-            k = _dedup_key(t)
+            k = dedup_key(t)
             if k and k not in seen:
                 seen.add(k)
                 pool.append(t)
@@ -203,7 +204,7 @@ def candidate_queries(
             if len(pool) >= n:
                 break
             t = str(kb_texts[int(j)]).strip()
-            k = _dedup_key(t)
+            k = dedup_key(t)
             if k and k not in seen:
                 seen.add(k)
                 pool.append(t)
@@ -531,7 +532,7 @@ def dpo_pairs(
     for i, (p, cands) in enumerate(zip(prompts, candidates)):
         m = float(margin[i])
         chosen, rejected = cands[int(best[i])], cands[int(worst[i])]
-        if m <= 0.0 or m < min_margin or _dedup_key(chosen) == _dedup_key(rejected):
+        if m <= 0.0 or m < min_margin or dedup_key(chosen) == dedup_key(rejected):
             continue
         out.append(DPOPair(p, build_target([chosen]), build_target([rejected])))
     return out
