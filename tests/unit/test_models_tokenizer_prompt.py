@@ -28,6 +28,19 @@ def test_tokenizer_is_deterministic_and_round_trips_text():
         assert a.decode(ids, skip_special_tokens=True) == text
 
 
+def test_tokenizer_keeps_each_feature_key_with_its_separator_in_one_token():
+    tok = train_tokenizer(CORPUS, vocab_size=400)
+    pieces = tok.tokenize(CORPUS[0])
+    # "; days_since_last_order=" is one token, not one per `;`, `_` and `=` piece (Ġ is the space)
+    for key in ("Ġ|Ġcontext:", "Ġentry_page=", ";Ġdays_since_last_order=", "Ġ|Ġquery:"):
+        assert key in pieces, (key, pieces)
+    assert pieces[-1] == "Ġ|Ġquery:"  # where the latent query is pooled
+    # text outside `key=` fields splits into words and punctuation as GPT-2's byte-level split does
+    split = tok.backend_tokenizer.pre_tokenizer.pre_tokenize_str("Where's my parcel? It is late; x = 1")
+    assert [p for p, _ in split] == ["Where", "'s", "Ġmy", "Ġparcel", "?", "ĠIt", "Ġis", "Ġlate", ";", "Ġx",
+                                     "Ġ=", "Ġ1"]
+
+
 def test_tokenizer_special_tokens_and_save_load(tmp_path):
     tok = train_tokenizer(CORPUS, vocab_size=400, padding_side="right")
     assert [tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, tok.unk_token_id] == [0, 1, 2, 3]
