@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rgalign.training.config import (
-    DPOConfig, RankerStageConfig, RGCLConfig, RGSFTConfig, TrainConfig, WarmupConfig,
+    CalibrateConfig, DPOConfig, RankerStageConfig, RGCLConfig, RGSFTConfig, TrainConfig, WarmupConfig,
 )
 
 # Small enough for the 10-minute budget on 2 CPU cores (install included), large enough that the
@@ -34,7 +34,7 @@ QUICKSTART_TRAIN = TrainConfig(
     rg_sft=RGSFTConfig(max_requests=400),
     dpo=DPOConfig(max_pairs=400),
     rg_cl=RGCLConfig(max_requests=1500),
-    calibrate=RankerStageConfig(epochs=4, lr=1e-3, control=False),
+    calibrate=CalibrateConfig(control=False, max_requests=None),
 )
 QUICKSTART_PRECISION = "int8"
 QUICKSTART_QUERIES = 3

@@ -43,7 +43,9 @@ from rgalign.models.qe_ranker import QERanker
 from rgalign.models.reasoner import Reasoner
 from rgalign.models.tokenizer import encode_pairs, encode_prompts
 from rgalign.training import loops, rga
-from rgalign.training.context import Context, compute_latents, load_latents, require_reasoner, save_latents
+from rgalign.training.context import (
+    Context, compute_latents, load_latents, prefetch_test_latents, require_reasoner, save_latents,
+)
 from rgalign.training.distributed import shard
 from rgalign.training.evaluate import qe_forward, ranker_metrics
 from rgalign.training.run import STAGE_NAMES, final_models, latest_qe_ranker_dir
@@ -197,10 +199,12 @@ def _train_policy(
     weight_decay: float,
     seed: int,
     description: str,
+    lengths: np.ndarray | None = None,
 ) -> loops.LossLog:
     """The loop stages 4 and 5 share: AdamW with a one-cycle schedule over ``epochs`` passes of
-    ``n_items`` in seeded, rank-sharded batches; ``step(idx)`` returns the batch's loss (with its
-    graph) and the floats to log (the first is shown on the progress bar)."""
+    ``n_items`` in seeded, rank-sharded batches (of similar ``lengths`` when given, see
+    `loops.epoch_batches`); ``step(idx)`` returns the batch's loss (with its graph) and the floats
+    to log (the first is shown on the progress bar)."""
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     rng = np.random.default_rng(seed)
@@ -213,10 +217,7 @@ def _train_policy(
         task = bar.add_task(description, total=total, info="")
         for epoch in range(epochs):
             order = shard(rng.permutation(n_items), ctx.dist)
-            for k in range(steps_per_epoch):
-                idx = order[k * batch_size : (k + 1) * batch_size]
-                if len(idx) == 0:
-                    idx = order[:batch_size]  # keeps step counts equal across ranks
+            for idx in loops.epoch_batches(order, batch_size, steps_per_epoch, rng, lengths):
                 loss, stats = step(idx)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -277,8 +278,10 @@ def stage_dpo(ctx: Context, round_: int) -> None:
         logps = model(enc["input_ids"], enc["attention_mask"], enc["labels"]).float()
         return rga.dpo_loss(logps[:n], logps[n:], ref_c[idx], ref_r[idx], beta=c.beta)
 
+    # a pair's rows pad to its longer answer; RG-CL keeps random batches (its in-batch negatives)
+    lengths = loops.pair_lengths(tok, prompts, [p.chosen for p in pairs], [p.rejected for p in pairs])
     log = _train_policy(ctx, policy, len(pairs), step, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
-                        weight_decay=0.0, seed=seed, description=f"4 DPO (round {round_})")
+                        weight_decay=0.0, seed=seed, description=f"4 DPO (round {round_})", lengths=lengths)
     seconds = time.perf_counter() - t0
     checks = frozen.check("stage 4")
     tail = log.rows[-20:]
@@ -401,6 +404,15 @@ def stage_rg_cl(ctx: Context, round_: int) -> None:
 # ---- stage 6: calibrate --------------------------------------------------------------------------
 
 
+def _calibration_rows(ctx: Context) -> np.ndarray | None:
+    """The training requests stage 6 re-fits on (sorted positions), or None for all of them. Drawn
+    with the run's seed alone, so every round (and its control) re-fits on the same requests."""
+    n, k = len(ctx.splits["train"]), ctx.config.calibrate.max_requests
+    if k is None or k >= n:
+        return None
+    return np.sort(np.random.default_rng([ctx.config.seed, 6]).choice(n, k, replace=False))
+
+
 def stage_calibrate(ctx: Context, round_: int) -> None:
     c = ctx.config.calibrate
     reasoner_dir = _previous_stage(ctx, 5, round_) / "reasoner"
@@ -411,36 +423,42 @@ def stage_calibrate(ctx: Context, round_: int) -> None:
     frozen = _Frozen(reasoner=Reasoner.load(reasoner_dir), previous_ranker=QERanker.load(prev_dir))
     reasoner, previous = frozen.models["reasoner"], frozen.models["previous_ranker"]
     seed = _stage_seed(ctx, 6, round_)
+    rows = _calibration_rows(ctx)
+    train = ctx.splits["train"] if rows is None else ctx.splits["train"].subset(rows)
     t0 = time.perf_counter()
-    q = compute_latents(ctx, reasoner, ["train", "valid"])
+    q = compute_latents(ctx, reasoner, ["train", "valid"], rows)
     latent_seconds = time.perf_counter() - t0
 
     def refit(query: dict[str, torch.Tensor], text_emb: torch.Tensor, label: str) -> tuple[QERanker, Any]:
         model = QERanker.load(prev_dir)  # warm start; the KL term keeps it near the previous ranker
         model.set_intent_text_emb(text_emb)
         res = loops.train_ranker(
-            model, qe_forward, ctx.splits["train"], ctx.splits["valid"], epochs=c.epochs, batch_size=c.batch_size,
+            model, qe_forward, train, ctx.splits["valid"], epochs=c.epochs, batch_size=c.batch_size,
             lr=c.lr, weight_decay=c.weight_decay, alpha_bce=c.alpha_bce, seed=seed, dist=ctx.dist,
             train_query=query["train"], valid_query=query["valid"], previous=previous, beta_kl=c.beta_kl,
             description=label, quiet=ctx.quiet,
         )
         return model, res
 
-    model, res = refit(q, reasoner.encode_texts(ctx.encoders.intent_texts), f"6 calibrate (round {round_})")
-    valid = ranker_metrics(model, ctx.splits["valid"], q["valid"], k=ctx.config.eval_k) if ctx.dist.is_main else {}
-    control = control_res = None
-    control_valid: dict[str, float] = {}
-    if c.control:
-        # the same re-fit on the previous reasoner's latents: what the extra ranker training alone buys
-        q_prev = load_latents(ctx, prev_dir.parent, prev_reasoner_dir)
-        control, control_res = refit(q_prev, previous.intent_text_emb.clone(), f"6 control re-fit (round {round_})")
-        if ctx.dist.is_main:
-            control_valid = ranker_metrics(control, ctx.splits["valid"], q_prev["valid"], k=ctx.config.eval_k)
+    # the re-fits use one core; the other meanwhile encodes the test split with this round's
+    # reasoners (stages 5, 4, 3), for the evaluation at the end of the run
+    this_round = [reasoner_dir] + [_previous_stage(ctx, i, round_) / "reasoner" for i in (4, 3)]
+    with prefetch_test_latents(ctx, this_round):
+        model, res = refit(q, reasoner.encode_texts(ctx.encoders.intent_texts), f"6 calibrate (round {round_})")
+        valid = ranker_metrics(model, ctx.splits["valid"], q["valid"], k=ctx.config.eval_k) if ctx.dist.is_main else {}
+        control = control_res = None
+        control_valid: dict[str, float] = {}
+        if c.control:
+            # the same re-fit on the previous reasoner's latents: what the extra ranker training alone buys
+            q_prev = load_latents(ctx, prev_dir.parent, prev_reasoner_dir, rows)
+            control, control_res = refit(q_prev, previous.intent_text_emb.clone(), f"6 control re-fit (round {round_})")
+            if ctx.dist.is_main:
+                control_valid = ranker_metrics(control, ctx.splits["valid"], q_prev["valid"], k=ctx.config.eval_k)
     checks = frozen.check("stage 6")
 
     def save(d: Path) -> None:
         model.save(d / "ranker")
-        save_latents(d, q)
+        save_latents(d, q, rows)
         write_text_atomic(d / "losses.csv", res.log.to_csv())
         if control is not None:
             control.save(d / "control_ranker")
@@ -448,6 +466,7 @@ def stage_calibrate(ctx: Context, round_: int) -> None:
     info = {
         "seconds": time.perf_counter() - t0, "ranker_seconds": res.seconds, "latent_seconds": latent_seconds,
         "impressions_per_s": res.impressions_per_s, "best_epoch": res.best_epoch, "beta_kl": c.beta_kl,
+        "requests": len(train),
         "valid": valid, "reasoner": ctx.relative(reasoner_dir), "previous_ranker": ctx.relative(prev_dir),
         "frozen_unchanged": checks,
     }

@@ -21,8 +21,24 @@ class RankerStageConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-5
     alpha_bce: float = 0.5  # pointwise BCE weight, for calibrated probabilities (logloss)
-    beta_kl: float = 0.1  # KL to the previous ranker (stage 6 only)
-    control: bool = True  # stage 6 only: also re-fit on the unaligned latents (the ablation's control)
+
+
+@dataclass(frozen=True)
+class CalibrateConfig(RankerStageConfig):
+    """Stage 6: the QE ranker re-fitted from a warm start on the aligned reasoner's latents."""
+
+    epochs: int = 4  # a warm start: the best valid epoch was the 3rd or 4th in every seed
+    lr: float = 1e-3
+    beta_kl: float = 0.1  # KL to the previous ranker, for stability
+    control: bool = True  # also re-fit on the unaligned latents (the ablation's control)
+    # re-fit on this many training requests (a seeded sample, the same in every round); None: all.
+    # For large datasets, where the aligned reasoner's pass over every request is the cost. On the
+    # default synthetic data 7,000 of 14,000 saved 40 s but cost 0.011 test GAUC (seed 0): all it is.
+    max_requests: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_requests is not None and self.max_requests < 1:
+            raise ValueError(f"max_requests={self.max_requests}: give at least 1, or null for every training request")
 
 
 @dataclass(frozen=True)
@@ -120,7 +136,7 @@ class TrainConfig:
     rg_sft: RGSFTConfig = field(default_factory=RGSFTConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     rg_cl: RGCLConfig = field(default_factory=RGCLConfig)
-    calibrate: RankerStageConfig = field(default_factory=lambda: RankerStageConfig(epochs=4, lr=1e-3))
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 from torch import nn
@@ -88,17 +90,41 @@ def prompts_of(arrays: RequestArrays, fields: PromptFields) -> list[str]:
 @torch.no_grad()
 def latent_queries(reasoner, prompts: list[str], batch_size: int, dist: DistInfo, progress_bar=None, task=None) -> torch.Tensor:
     """Latent queries (R, d) of ``prompts`` with the reasoner in eval mode; under DDP each rank
-    encodes its share and the results are gathered back in order."""
+    encodes its share and the results are gathered back in order.
+
+    With n > 1 intra-op threads, the batches go to n worker threads of one intra-op thread each:
+    for these small matrices that is 1.2x the throughput of one forward on n threads (measured on
+    2 cores), and each batch's result is the same either way. Tokenising stays in this thread (a
+    fast tokenizer must not be called from two threads at once)."""
+    from rgalign.models.tokenizer import encode_prompts
+
     order = shard(np.arange(len(prompts)), dist)
     # batches of similar length pad less (pooling reads the attention mask, so a prompt's latent
     # does not depend on its batch); the rows are put back in order afterwards
     by_len = np.argsort([len(prompts[j]) for j in order], kind="stable")
-    out = []
-    for i in range(0, len(order), batch_size):
-        chunk = [prompts[j] for j in order[by_len[i : i + batch_size]]]
-        out.append(reasoner.encode_prompts(chunk, batch_size=batch_size))
+    chunks = [[prompts[j] for j in order[by_len[i : i + batch_size]]] for i in range(0, len(order), batch_size)]
+    max_len = reasoner.config.max_len
+    device = next(reasoner.parameters()).device
+    was_training = reasoner.training
+    reasoner.eval()
+
+    @torch.no_grad()  # grad mode is per thread: set here, in the thread that runs the forward
+    def encode(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        z = reasoner(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().cpu()
         if progress_bar is not None:
-            progress_bar.update(task, advance=len(chunk) * dist.world_size)
+            progress_bar.update(task, advance=len(z) * dist.world_size)
+        return z
+
+    workers = torch.get_num_threads() if device.type == "cpu" and len(chunks) > 1 else 1
+    try:
+        if workers > 1:
+            with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                futures = [pool.submit(encode, encode_prompts(reasoner.tokenizer, c, max_len)) for c in chunks]
+                out = [f.result() for f in futures]
+        else:
+            out = [encode(encode_prompts(reasoner.tokenizer, c, max_len)) for c in chunks]
+    finally:
+        reasoner.train(was_training)
     local = torch.zeros(0, reasoner.config.d_query)
     if out:
         local = torch.empty(len(order), reasoner.config.d_query)

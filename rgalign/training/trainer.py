@@ -34,9 +34,10 @@ from rgalign.training import loops
 from rgalign.training.alignment import RGA_STAGES
 from rgalign.training.config import TrainConfig
 from rgalign.training.distributed import DistInfo, barrier, init_distributed
-from rgalign.training.evaluate import baseline_forward, latent_queries, qe_forward, ranker_metrics
+from rgalign.training.evaluate import baseline_forward, qe_forward, ranker_metrics
 from rgalign.training.context import (
-    Context, Log, compute_latents, qe_config, ranker_kwargs, reasoner_config, require_reasoner, save_latents,
+    Context, Log, compute_latents, prefetch_test_latents, qe_config, ranker_kwargs, reasoner_config, require_reasoner,
+    save_latents, test_latents,
 )
 from rgalign.training.run import STAGE_NAMES, RunDir, fingerprint_files
 
@@ -136,11 +137,12 @@ def stage_reward(ctx: Context) -> None:
     latent_seconds = time.perf_counter() - t0
     model = QERanker(qe_config(ctx, reasoner))
     model.set_intent_text_emb(reasoner.encode_texts(ctx.encoders.intent_texts))
-    res = loops.train_ranker(
-        model, qe_forward, ctx.splits["train"], ctx.splits["valid"], epochs=c.epochs, batch_size=c.batch_size,
-        lr=c.lr, weight_decay=c.weight_decay, alpha_bce=c.alpha_bce, seed=ctx.config.seed, dist=ctx.dist,
-        train_query=q["train"], valid_query=q["valid"], description="2 QE reward ranker", quiet=ctx.quiet,
-    )
+    with prefetch_test_latents(ctx, [reasoner_dir]):
+        res = loops.train_ranker(
+            model, qe_forward, ctx.splits["train"], ctx.splits["valid"], epochs=c.epochs, batch_size=c.batch_size,
+            lr=c.lr, weight_decay=c.weight_decay, alpha_bce=c.alpha_bce, seed=ctx.config.seed, dist=ctx.dist,
+            train_query=q["train"], valid_query=q["valid"], description="2 QE reward ranker", quiet=ctx.quiet,
+        )
     valid = ranker_metrics(model, ctx.splits["valid"], q["valid"], k=ctx.config.eval_k) if ctx.dist.is_main else {}
 
     def save(d: Path) -> None:
@@ -293,13 +295,9 @@ def evaluate_run(ctx: Context) -> dict[str, Any]:
     stage, in training order."""
     k = ctx.config.eval_k
     test = ctx.splits["test"]
-    latents: dict[Path, torch.Tensor] = {}
 
     def qe_metrics(reasoner_dir: Path, ranker_dir: Path) -> dict[str, float]:
-        if reasoner_dir not in latents:
-            reasoner = Reasoner.load(reasoner_dir).eval()
-            latents[reasoner_dir] = latent_queries(reasoner, ctx.prompts("test"), ctx.config.infer_batch, DistInfo())
-        return ranker_metrics(QERanker.load(ranker_dir), test, latents[reasoner_dir], k=k)
+        return ranker_metrics(QERanker.load(ranker_dir), test, test_latents(ctx, reasoner_dir), k=k)
 
     per_stage: dict[str, dict[str, float]] = {}
     for index, round_ in _finished_stages(ctx.run):

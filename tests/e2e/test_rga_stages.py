@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from fakes import E2E_DATA, TINY_TRAIN
@@ -17,12 +18,18 @@ from rgalign.data.synth import synthesize
 from rgalign.errors import ConfigError, TrainError
 from rgalign.training import trainer
 from rgalign.training.alignment import CANDIDATES, _Frozen
+from rgalign.models.reasoner import Reasoner
 from rgalign.training.config import TrainConfig
+from rgalign.training.context import LATENTS, load_latents, prefetch_test_latents
+from rgalign.training.distributed import DistInfo
+from rgalign.training.evaluate import latent_queries
 from rgalign.training.run import RunDir, final_models
 
 METRICS = {"auc", "gauc", "logloss", "error_rate", "recall@3", "ndcg@3", "hitrate@3"}
 ROUND0 = ["3-rg-sft", "4-dpo", "5-rg-cl", "6-calibrate"]
 ROUND1 = [s + "-r1" for s in ROUND0]
+# stage 6 re-fits on a sample of the ~210 training requests, as `calibrate.max_requests` allows
+RGA_TRAIN = {**TINY_TRAIN, "calibrate": {**TINY_TRAIN["calibrate"], "max_requests": 150}}
 
 
 def _hashes(folder: Path) -> dict[str, str]:
@@ -39,7 +46,7 @@ def data(tmp_path_factory) -> Path:
 def rga_run(data, tmp_path_factory) -> tuple[Path, dict, dict]:
     """Stages 0-2, then the file hashes of those stages, then two rounds of 3-6."""
     out = tmp_path_factory.mktemp("runs") / "run"
-    cfg = TrainConfig.from_dict(TINY_TRAIN)
+    cfg = TrainConfig.from_dict(RGA_TRAIN)
     trainer.train(data, out, cfg, [0, 1, 2], log=lambda m: None, quiet=True)
     before = _hashes(out / "stages")
     result = trainer.train(data, out, cfg, None, rounds=2, log=lambda m: None, quiet=True)
@@ -97,6 +104,52 @@ def test_frozen_models_stay_frozen_in_every_stage(rga_run):
     assert {k: after[k] for k in before} == before
 
 
+def test_calibrate_refits_on_the_same_sample_of_requests_in_every_round(rga_run, data):
+    out, _, _ = rga_run
+    run = RunDir(out)
+    saved = [load_file(str(run.stage_dir(6, r) / LATENTS)) for r in (0, 1)]
+    rows = saved[0]["train_rows"]
+    assert rows.shape == (150,) and torch.equal(rows, torch.unique(rows))  # sorted, no repeats
+    for r in (0, 1):
+        assert run.stage_info(6, r)["requests"] == 150
+        assert torch.equal(saved[r]["train_rows"], rows) and saved[r]["train"].shape[0] == 150
+    ctx = trainer.prepare(data, out, TrainConfig.from_dict(RGA_TRAIN), DistInfo(), lambda m: None, True)
+    assert len(ctx.splits["train"]) > 150
+    # the control re-fit reads its latents from disk, never from the (here missing) reasoner: the
+    # sample of stage 2's full-length latents in round 0, round 0's own sample in round 1
+    nowhere = out / "no-reasoner"
+    full = load_file(str(run.stage_dir(2) / LATENTS))
+    q2 = load_latents(ctx, run.stage_dir(2), nowhere, rows.numpy())
+    assert torch.equal(q2["train"], full["train"][rows]) and torch.equal(q2["valid"], full["valid"])
+    q6 = load_latents(ctx, run.stage_dir(6, 0), nowhere, rows.numpy())
+    assert torch.equal(q6["train"], saved[0]["train"]) and "train_rows" not in q6
+
+
+def test_prefetched_test_latents_are_the_evaluations_and_leave_the_rng_alone(rga_run, data, monkeypatch):
+    out, _, _ = rga_run
+    ctx = trainer.prepare(data, out, TrainConfig.from_dict(RGA_TRAIN), DistInfo(), lambda m: None, True)
+    reasoners = [RunDir(out).stage_dir(i) / "reasoner" for i in (5, 4)]
+    torch.manual_seed(7)
+    expected = torch.rand(4), torch.rand(4)
+    torch.manual_seed(7)
+    with prefetch_test_latents(ctx, reasoners):
+        inside = torch.rand(4)  # a ranker's dropout draws while the thread works
+    assert torch.equal(inside, expected[0]) and torch.equal(torch.rand(4), expected[1])
+    for d in reasoners:
+        direct = latent_queries(Reasoner.load(d), ctx.prompts("test"), ctx.config.infer_batch, DistInfo())
+        assert torch.equal(ctx.test_latents[d.resolve()], direct)
+    # an error in the thread reaches the caller
+    ctx.test_latents.clear()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("encoding failed")
+
+    monkeypatch.setattr("rgalign.training.context.latent_queries", broken)
+    with pytest.raises(RuntimeError, match="encoding failed"):
+        with prefetch_test_latents(ctx, reasoners[:1]):
+            pass
+
+
 def test_the_frozen_guard_catches_a_change():
     frozen = _Frozen(model=torch.nn.Linear(3, 2))
     assert frozen.check("x") == {"model": True}
@@ -126,7 +179,7 @@ def test_rg_cl_moves_latents_towards_the_clicked_intents(rga_run):
 
 def test_resume_skips_finished_rounds_and_a_third_round_adds_only_itself(rga_run, data):
     out, _, _ = rga_run
-    cfg = TrainConfig.from_dict(TINY_TRAIN)
+    cfg = TrainConfig.from_dict(RGA_TRAIN)
     before = _hashes(out / "stages")
     messages: list[str] = []
     trainer.train(data, out, cfg, [3, 4, 5, 6], rounds=2, log=messages.append, quiet=True)
@@ -142,7 +195,7 @@ def test_dpo_without_any_pair_over_the_margin_fails_and_writes_nothing(rga_run, 
     shutil.copytree(out, copy)
     for name in ("4-dpo", "5-rg-cl", "6-calibrate", *ROUND1):
         shutil.rmtree(copy / "stages" / name)
-    strict = dict(TINY_TRAIN, dpo={**TINY_TRAIN["dpo"], "min_margin": 1e9})
+    strict = dict(RGA_TRAIN, dpo={**TINY_TRAIN["dpo"], "min_margin": 1e9})
     run_json = json.loads((copy / "run.json").read_text())
     run_json["config"] = TrainConfig.from_dict(strict).to_dict()
     (copy / "run.json").write_text(json.dumps(run_json))

@@ -19,3 +19,16 @@ def test_latent_queries_keep_the_order_of_prompts_of_mixed_lengths():
     single = torch.cat([reasoner.encode_prompts([p]) for p in prompts])
     assert batched.shape == (37, reasoner.config.d_query)
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-4)
+
+
+def test_latent_queries_on_worker_threads_equal_those_on_one_thread():
+    from rgalign.training.loops import torch_threads
+
+    reasoner = tiny_reasoner(seed=1).eval()
+    prompts = [" ".join(f"w{i}" for i in range(n)) for n in np.random.default_rng(1).integers(2, 30, 50)]
+    with torch_threads(1):
+        one = latent_queries(reasoner, prompts, 8, DistInfo())
+    with torch_threads(2):  # 7 batches over 2 worker threads
+        pooled = latent_queries(reasoner, prompts, 8, DistInfo())
+    torch.testing.assert_close(pooled, one, atol=1e-6, rtol=1e-6)
+    assert torch.is_grad_enabled()  # the workers' no_grad did not leak into this thread
