@@ -65,7 +65,7 @@ class ReasonerConfig:
     heads: int = 4
     kv_heads: int = 2  # grouped-query attention as in Qwen3: halves the K/V projections
     intermediate: int = 512  # 2x hidden: SwiGLU has three matrices, so 2x keeps the MLP ~ attention
-    max_len: int = 128  # prompts are ~50-70 tokens; 128 leaves room for the SFT target
+    max_len: int = 128  # default prompts are ~30-50 tokens; 128 leaves room for the SFT target
     d_query: int = 64  # the paper's latent query size; what the ranker receives
     rope_theta: float = 10000.0
     tie_embeddings: bool = True  # input and output embeddings shared: 0.5M parameters saved
@@ -357,7 +357,7 @@ class Reasoner(nn.Module):
         Used only in training (RGA's Best-of-N candidates). Nucleus sampling (``top_p``) at
         ``temperature``, stopping at ``<eos>``. Each prompt is run once and its key/value cache
         repeated for its ``n`` samples (``generate(num_return_sequences=n)`` would run the
-        ~80-token prompt n times: most of the work). Prompts are left-padded whatever the
+        ~40-token prompt n times: most of the work). Prompts are left-padded whatever the
         tokenizer's setting; ``seed`` makes the samples reproducible without touching the global
         RNG. ``max_new_tokens`` 24 covers an intent-like query ("where is my parcel, it is late").
         """

@@ -45,7 +45,7 @@ class CalibrateConfig(RankerStageConfig):
 class WarmupConfig:
     """Stage 1: cold-start SFT of the reasoner, prompt -> text of the clicked intent."""
 
-    max_examples: int = 4000  # ~50 examples/s on 2 cores: ~80 s for one pass
+    max_examples: int = 4000  # ~80 examples/s on 2 cores: ~50 s for one pass
     epochs: int = 1
     batch_size: int = 32
     lr: float = 1e-3  # a from-scratch 4-layer model tolerates a high rate; linear decay to 0
