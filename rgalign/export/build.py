@@ -396,7 +396,7 @@ def _int8(
             sensitivity[name] = {"fp32_nodes": over, "cosine_loss": {k: round(v, 6) for k, v in losses.items()}}
             if over:
                 cands[name] += [_int8_candidate(state, log, name, m, calibration, calib, over) for m in methods]
-        # the ranker's int8 graphs are no faster than fp32 on this CPU (0.7-1.1 ms vs ~0.8 ms)
+        # the ranker's int8 graphs are no faster than fp32 on this CPU (seed 0: 0.7-1.3 ms vs 0.65 ms)
         cands["ranker"].append(_fp32_fallback(state, log, "ranker"))
         chosen = pick(2 * MAX_PAIRS)  # about twice round 1's candidates
 

@@ -32,7 +32,7 @@ IGNORE_INDEX = -100  # label value the LM loss skips (HF convention)
 # `key=value` fields: a word may hold `_` and digits after its first letter, and a key keeps its
 # `=` or `:` and the `;` or `|` separator before it. So a field's key with its separator
 # ("; days_since_last_order=", " | recent_actions:") can become one token where GPT-2's split cuts
-# it at every `_`, `=` and `;` into up to 9. On the default synthetic prompts that is 38 tokens a
+# it at every `_`, `=` and `;` into up to 9. On the default synthetic prompts that is 37 tokens a
 # prompt instead of 79; the reasoner's cost (training, latent queries, serving) follows the count.
 WORD_SPLIT = r"(?: ?[;|])? ?[\p{L}_][\p{L}\p{N}_]*[=:]|'(?:s|t|re|ve|m|ll|d)| ?[\p{L}_][\p{L}\p{N}_]*| ?\p{N}+| ?[^\s\p{L}\p{N}_]+|\s+(?!\S)|\s+"
 
