@@ -24,13 +24,9 @@ def _tritonserver_missing() -> str | None:
 
 
 def _gpu_missing() -> str | None:
-    try:
-        import torch
-    except ImportError:
-        return "torch is not installed"
-    if not torch.cuda.is_available():
-        return "no CUDA GPU on this machine"
-    return None
+    from rgalign.bench.inprocess import gpu_missing
+
+    return gpu_missing()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

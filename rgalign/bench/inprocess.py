@@ -58,8 +58,9 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
 
 
-def _gpu_reason() -> str | None:
-    """Why the GPU engines are skipped here, or None when a GPU is usable."""
+def gpu_missing() -> str | None:
+    """Why the GPU engines are skipped here, or None when a GPU is usable (also the test suite's
+    reason to skip `gpu` tests)."""
     try:
         import torch
     except ImportError:
@@ -70,7 +71,7 @@ def _gpu_reason() -> str | None:
 
 
 def _ort_gpu_reason(provider: str) -> str | None:
-    reason = _gpu_reason()
+    reason = gpu_missing()
     if reason:
         return reason
     import onnxruntime as ort
@@ -239,7 +240,7 @@ class InProcessBench:
             self._skip_all("tensorrt", "tensorrt", "this export has no TensorRT engines (export --tensorrt on a GPU)"
                            if self.t.export_dir is not None else "no export")
             return
-        reason = _gpu_reason()
+        reason = gpu_missing()
         if reason:
             self._skip_all("tensorrt", "tensorrt", reason)
             return
