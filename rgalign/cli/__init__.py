@@ -7,6 +7,7 @@ exit non-zero; ``--verbose`` shows the traceback.
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import typer
@@ -23,6 +24,21 @@ from rgalign.cli import export as _export  # noqa: F401,E402
 from rgalign.cli import bench as _bench  # noqa: F401,E402
 from rgalign.cli import doctor as _doctor  # noqa: F401,E402
 from rgalign.cli import serve as _serve  # noqa: F401,E402
+
+
+def _usage_error_types() -> tuple[type[Exception], ...]:
+    """The classes of click's usage errors (no such command or option, a missing or bad value).
+
+    typer < 0.22 raises click's own; newer typer vendors click as ``typer._click`` and raises
+    those, which are not click's. Both are looked up, so a usage error is one line with every
+    typer the install may resolve."""
+    types: list[type[Exception]] = []
+    for module in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            types.append(importlib.import_module(module).ClickException)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(types)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,10 +59,18 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         console.print("[red]interrupted[/]")
         sys.exit(130)
-    except Exception as e:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+    except _usage_error_types() as e:  # usage errors print their own line and carry their exit code
+        if state.verbose:
+            console.print_exception()
+        e.show()
+        sys.exit(e.exit_code)
+    except Exception as e:  # noqa: BLE001 - a bug or an unforeseen failure: still one line
+        if state.verbose:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        console.print(
+            f"[bold red]error:[/] unexpected {type(e).__name__}: {escape(first[:500])} "
+            "(rerun with --verbose for the traceback, and please report it)",
+            highlight=False, soft_wrap=True,
+        )
+        sys.exit(1)

@@ -15,6 +15,8 @@ from rich.table import Table
 from rgalign.cli._app import app, console
 from rgalign.errors import ConfigError
 
+TOP_K_MAX = 2**31 - 1  # the ensemble's top_k input is INT32; a larger k would wrap
+
 
 @app.command("deploy")
 def deploy_cmd(
@@ -129,7 +131,7 @@ def _read_features(text: str) -> list:
 def query_cmd(
     url: str = typer.Option("127.0.0.1:8000", "--url", help="Server address: host:port, http://... or grpc://..."),
     features: str = typer.Option(..., "--features", "-f", help="JSON object (or list of objects), or @FILE."),
-    k: int = typer.Option(3, "-k", "--top-k", min=1, help="How many intents per request."),
+    k: int = typer.Option(3, "-k", "--top-k", min=1, max=TOP_K_MAX, help="How many intents per request."),
     protocol: str = typer.Option(None, "--protocol", help="http or grpc (default: from the url, else http)."),
     model: str = typer.Option("rgalign", "--model", help="Model to ask (the ensemble)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),

@@ -29,6 +29,7 @@ from rgalign.errors import ServeError
 from rgalign.export.pipeline import Ranked
 
 PROTOCOLS = ("http", "grpc")
+_INT32_MAX = 2**31 - 1
 MODEL = "rgalign"
 Record = Mapping[str, Any] | str | bytes
 
@@ -94,6 +95,8 @@ def _inputs(module: Any, records: Sequence[Record], k: int | None) -> list[Any]:
     if k is not None:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
             raise ServeError(f"k must be an integer, got {k!r}")
+        if not 1 <= int(k) <= _INT32_MAX:
+            raise ServeError(f"k must be between 1 and {_INT32_MAX} (top_k is INT32), got {k}")
         top_k = np.full((len(records), 1), int(k), dtype=np.int32)
         inputs.append(module.InferInput("top_k", list(top_k.shape), "INT32"))
         inputs[1].set_data_from_numpy(top_k)
@@ -123,14 +126,32 @@ def _error(e: Exception, model: str, url: str) -> ServeError:
         status = e.status()
         where = f"{model} at {url}" + (f" ({status})" if status else "")
         return ServeError(f"{where}: {message}")
+    from http.client import HTTPException
+
+    if isinstance(e, HTTPException):
+        return ServeError(
+            f"{url} did not answer in HTTP ({type(e).__name__}: {e}); is that the gRPC port? "
+            "use grpc://host:port for gRPC"
+        )
     return ServeError(f"cannot reach the Triton server at {url}: {type(e).__name__}: {e}")
 
 
 def _client_errors() -> tuple[type[BaseException], ...]:
-    """What tritonclient raises: the server's refusals, and connection failures (OSError)."""
+    """What tritonclient raises: the server's refusals, connection failures (OSError), and a
+    reply that is not HTTP (an HTTP client aimed at the gRPC port: `http.client.HTTPException`
+    from the blocking client, ``aiohttp.ClientError`` from the asyncio one)."""
+    from http.client import HTTPException
+
     from tritonclient.utils import InferenceServerException
 
-    return (InferenceServerException, OSError)
+    errors: list[type[BaseException]] = [InferenceServerException, OSError, HTTPException]
+    try:
+        from aiohttp import ClientError
+
+        errors.append(ClientError)
+    except ImportError:
+        pass
+    return tuple(errors)
 
 
 class _Client:
