@@ -52,8 +52,7 @@ def test_unreachable_server_is_one_line():
 def test_unexpected_exception_is_one_line(monkeypatch, capsys):
     # a bug inside a command still prints one line (and --verbose re-raises it)
     import rgalign.cli.serve as serve_cli
-    from rgalign.cli import main
-    from rgalign.cli._app import state
+    from rgalign.cli import main, state
 
     monkeypatch.setattr(state, "verbose", False)  # restored after the test: --verbose below sets it
 
