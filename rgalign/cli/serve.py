@@ -40,6 +40,11 @@ def deploy_cmd(
     trt_accelerator: bool = typer.Option(
         False, "--trt-accelerator", help="onnxruntime backend: TensorRT execution accelerator (GPU)."
     ),
+    layout: str = typer.Option(
+        "auto", "--layout",
+        help="ensemble (four models chained by Triton) or fused (one python model running the whole "
+        "pipeline); auto: fused for --backend python, ensemble otherwise.",
+    ),
 ) -> None:
     """Write a Triton model repository: preprocess -> reasoner -> ranker -> postprocess, ensemble `rgalign`."""
     from rgalign.serve.deploy import DeployOptions, deploy
@@ -47,7 +52,7 @@ def deploy_cmd(
     options = DeployOptions(
         backend=backend, precision=precision, instances=instances, max_batch=max_batch,
         queue_delay_us=queue_delay_us, threads=threads, default_top_k=top_k or None,
-        tensorrt_accelerator=trt_accelerator,
+        tensorrt_accelerator=trt_accelerator, layout=layout,
     )  # fmt: skip
     with console.status("deploying ...") as status:
         summary = deploy(export, out, options, progress=lambda step: status.update(f"writing {escape(step)} ..."))
@@ -58,7 +63,8 @@ def deploy_cmd(
         table.add_row(model, escape(str(out / model / "config.pbtxt")))
     console.print(table)
     console.print(
-        f"deployed {escape(str(export))} -> [bold]{escape(str(out))}[/] (backend {backend}, {precision}, "
+        f"deployed {escape(str(export))} -> [bold]{escape(str(out))}[/] ({summary['layout']} layout, "
+        f"backend {backend}, {precision}, "
         f"max batch {max_batch}, default top_k {summary['default_top_k']}) in {summary['seconds']:.1f} s; "
         f"serve it with `rgalign serve {escape(str(out))}`",
         highlight=False, soft_wrap=True,
@@ -80,25 +86,31 @@ def serve_cmd(
     ),
     start_timeout: float = typer.Option(120.0, "--start-timeout", min=1, help="Seconds to wait for readiness."),
     log_verbose: int = typer.Option(0, "--log-verbose", min=0, help="Triton's --log-verbose level."),
+    cache_mb: int = typer.Option(
+        0, "--cache-mb", min=0, help="Triton's local response cache, in MiB (0: off); repeated requests are answered from it."
+    ),
 ) -> None:
     """Serve a model repository with a real Triton Inference Server until Ctrl-C or SIGTERM."""
+    from rgalign.serve.cache import server_args
     from rgalign.serve.deploy import check_servable
     from rgalign.serve.server import TritonServer, find_tritonserver, is_wheel_tritonserver, run_forever
 
     if not repo.is_dir():
         raise ConfigError(f"model repository {repo} does not exist; run `rgalign deploy EXPORT --out {repo}`")
-    check_servable(repo, is_wheel_tritonserver(find_tritonserver(tritonserver)))
+    binary = find_tritonserver(tritonserver)
+    check_servable(repo, is_wheel_tritonserver(binary))
     log_path = log_file if log_file is not None else repo / "tritonserver.log"  # ignored by Triton
     server = TritonServer(
         repo, host=host, http_port=http_port or None, grpc_port=grpc_port or None,
         metrics_port=metrics_port or None, tritonserver=tritonserver, log_file=log_path,
-        log_verbose=log_verbose,
+        log_verbose=log_verbose, extra_args=server_args(cache_mb, binary),
     )  # fmt: skip
 
     def ready(s: TritonServer) -> None:
         console.print(
             f"[green]ready[/] in {s.ready_seconds:.1f} s (pid {s.pid}; log {escape(str(s.log_path))})\n"
-            f"  HTTP     {s.http_url}\n  gRPC     {s.grpc_url}\n  metrics  {s.metrics_url}\n"
+            + (f"response cache: {cache_mb} MiB\n" if cache_mb else "")
+            + f"  HTTP     {s.http_url}\n  gRPC     {s.grpc_url}\n  metrics  {s.metrics_url}\n"
             f"try: rgalign query --url {s.http_address} --features @request.json\n"
             "Ctrl-C or SIGTERM stops it",
             highlight=False, soft_wrap=True,

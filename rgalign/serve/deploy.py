@@ -45,9 +45,14 @@ from rgalign.export.pipeline import Preprocessor, read_manifest
 from rgalign.export.source import sha256_file
 from rgalign.io import atomic_dir, read_json, write_json_atomic, write_text_atomic
 from rgalign.serve import config as tc
+from rgalign.serve import fused
 from rgalign.serve.repo_readme import README_TEXT
 
 BACKENDS = ("python", "onnxruntime", "tensorrt")
+# ensemble: four models chained by Triton; fused: one python model running the whole Pipeline
+# (rgalign.serve.fused). "auto" picks fused for the python backend (measured: README "Serving"),
+# the ensemble where native backends run the graphs.
+LAYOUTS = ("ensemble", "fused")
 PRECISIONS = ("fp32", "fp16", "int8")
 ENSEMBLE = "rgalign"
 STEP_MODELS = ("preprocess", "reasoner", "ranker", "postprocess")
@@ -69,6 +74,8 @@ class DeployOptions:
       compete for the cores (ONNX Runtime already uses them all).
     - ``threads=0``: ONNX Runtime's default intra-op threads (one per core), python backend only.
     - ``default_top_k=None``: the export's ``serving.topk`` (the K of the ranker graph).
+    - ``layout="auto"``: ``fused`` for the python backend (one process and no shared-memory hop
+      per request), ``ensemble`` for native backends; see `LAYOUTS`.
     """
 
     backend: str = "python"
@@ -79,8 +86,18 @@ class DeployOptions:
     threads: int = 0
     default_top_k: int | None = None
     tensorrt_accelerator: bool = False
+    layout: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.layout == "auto":
+            object.__setattr__(self, "layout", "fused" if self.backend == "python" else "ensemble")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"unknown layout {self.layout!r}; use one of {', '.join(LAYOUTS)}")
+        if self.layout == "fused" and self.backend != "python":
+            raise ConfigError(
+                "the fused layout runs ONNX Runtime inside the python backend: use --backend python, "
+                "or --layout ensemble for the onnxruntime and tensorrt backends"
+            )
         if self.backend not in BACKENDS:
             raise ConfigError(f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
         if self.precision not in PRECISIONS:
@@ -397,7 +414,9 @@ def _write_postprocess(repo: Path, export: Path, manifest: Mapping[str, Any], si
 
 
 def ensemble_config(max_batch: int) -> Any:
-    """The ``rgalign`` ensemble: preprocess -> reasoner -> ranker -> postprocess."""
+    """The ``rgalign`` ensemble: preprocess -> reasoner -> ranker -> postprocess. Its response
+    cache is enabled (Triton caches top-level ensemble requests; its answer depends on the request
+    alone): it takes effect when the server has a cache (``rgalign serve --cache-mb N``)."""
     steps = [
         tc.EnsembleStep(
             "preprocess",
@@ -420,7 +439,7 @@ def ensemble_config(max_batch: int) -> Any:
             {"intent_ids": "intent_ids", "scores": "scores"},
         ),
     ]
-    return tc.ensemble_model(
+    config = tc.ensemble_model(
         ENSEMBLE,
         inputs=[
             tc.TensorSpec("features", "BYTES", (1,)),
@@ -430,6 +449,57 @@ def ensemble_config(max_batch: int) -> Any:
         steps=steps,
         max_batch_size=max_batch,
     )
+    config.response_cache.enable = True
+    return config
+
+
+def _write_ensemble(
+    tmp: Path, export: Path, manifest: Mapping[str, Any], sig: _Signature, sources: Mapping[str, Path],
+    options: DeployOptions, default_k: int, say: Progress,
+) -> None:
+    """The ensemble layout: the four step models and the ensemble ``rgalign`` chaining them."""
+    say("preprocess")
+    warm = _write_preprocess(tmp, export, manifest, sig, options)
+    say(f"reasoner ({options.backend}, {options.precision})")
+    params = {"threads": str(options.threads)}
+    _write_graph_model(
+        tmp, "reasoner", sources["reasoner"], sig.reasoner_inputs, sig.reasoner_outputs,
+        {"input_ids": warm["input_ids"], "attention_mask": warm["attention_mask"]}, options,
+        {**params, "pad_token_id": str(int(warm["pad_token_id"]))},
+    )  # fmt: skip
+    say(f"ranker ({options.backend}, {options.precision})")
+    d_query = sig.spec("query").dims[0]
+    _write_graph_model(
+        tmp, "ranker", sources["ranker"], sig.ranker_inputs, sig.ranker_outputs,
+        {"cat": warm["cat"], "num": warm["num"], "query": np.zeros((1, d_query), np.float32)},
+        options, params,
+    )  # fmt: skip
+    say("postprocess")
+    _write_postprocess(tmp, export, manifest, sig, options, default_k)
+    say("ensemble")
+    tc.write_config(tmp / ENSEMBLE, ensemble_config(options.max_batch))
+    tc.version_dir(tmp / ENSEMBLE)
+
+
+def _write_fused(
+    tmp: Path, export: Path, manifest: Mapping[str, Any], options: DeployOptions, default_k: int
+) -> None:
+    """The fused layout (`rgalign.serve.fused`): one python model running the Pipeline."""
+    model_dir = tmp / ENSEMBLE
+    files = tc.version_dir(model_dir)
+    fused.copy_export_subset(export, manifest, options.precision, files)
+    _write_shim(model_dir, "fused")
+    pre = Preprocessor.from_export(files)  # what the served model loads: check it loads
+    config = fused.fused_config(
+        max_batch=options.max_batch,
+        batching=_batching(options),
+        groups=_groups(options),
+        warmup=_warmup(model_dir, {"features": fused.warmup_features(sample_record(pre.encoders))}),
+        precision=options.precision,
+        threads=options.threads,
+        default_k=default_k,
+    )
+    tc.write_config(model_dir, config)
 
 
 def deploy(
@@ -462,28 +532,13 @@ def deploy(
     t0 = time.perf_counter()
     out = Path(out)
     with atomic_dir(out) as tmp:
-        say("preprocess")
-        warm = _write_preprocess(tmp, export, manifest, sig, options)
-        say(f"reasoner ({options.backend}, {options.precision})")
-        params = {"threads": str(options.threads)}
-        _write_graph_model(
-            tmp, "reasoner", sources["reasoner"], sig.reasoner_inputs, sig.reasoner_outputs,
-            {"input_ids": warm["input_ids"], "attention_mask": warm["attention_mask"]}, options,
-            {**params, "pad_token_id": str(int(warm["pad_token_id"]))},
-        )  # fmt: skip
-        say(f"ranker ({options.backend}, {options.precision})")
-        d_query = sig.spec("query").dims[0]
-        _write_graph_model(
-            tmp, "ranker", sources["ranker"], sig.ranker_inputs, sig.ranker_outputs,
-            {"cat": warm["cat"], "num": warm["num"], "query": np.zeros((1, d_query), np.float32)},
-            options, params,
-        )  # fmt: skip
-        say("postprocess")
-        _write_postprocess(tmp, export, manifest, sig, options, default_k)
-        say("ensemble")
-        tc.write_config(tmp / ENSEMBLE, ensemble_config(options.max_batch))
-        tc.version_dir(tmp / ENSEMBLE)
-
+        if options.layout == "fused":
+            say(f"fused model ({options.precision})")
+            _write_fused(tmp, export, manifest, options, default_k)
+            models = [ENSEMBLE]
+        else:
+            _write_ensemble(tmp, export, manifest, sig, sources, options, default_k, say)
+            models = list(STEP_MODELS) + [ENSEMBLE]
         shutil.copyfile(export / "manifest.json", tmp / "manifest.json")
         write_text_atomic(tmp / "README.md", README_TEXT)
         files = {
@@ -502,7 +557,8 @@ def deploy(
             },
             "options": options.to_dict(),
             "ensemble": ENSEMBLE,
-            "models": list(STEP_MODELS) + [ENSEMBLE],
+            "layout": options.layout,
+            "models": models,
             "default_top_k": default_k,
             "n_intents": n_intents,
             "graph_topk": int(serving["topk"]),
