@@ -114,7 +114,8 @@ def markdown(result: Mapping[str, Any]) -> str:
 
     served = result.get("served")
     if served:
-        lines += [f"## Served: Triton ensemble `{served.get('model')}` ({served.get('request')})", ""]
+        lines += [f"## Served: Triton model `{served.get('model')}` ({served.get('request')}), "
+                  f"measured with {served.get('source', 'rgalign client')}", ""]
         body = []
         for protocol in ("http", "grpc"):
             p = served.get(protocol) or {}

@@ -23,6 +23,7 @@ def test_ratios_from_rows():
         _row("reasoner", "onnxruntime-int8", 1.0, batch=8),  # another shape: not the headline
         _row("pipeline", "pytorch-eager", 15.0),
         _row("pipeline", "onnxruntime-int8", 5.0),
+        _row("pipeline", "onnxruntime-int8", 20.0, batch=8),  # 400 req/s: its best batched
     ]
     floor = {"models": {"reasoner": {"cases": [{"batch": 1, "seq": 64, "floor_ms": {"int8": 0.5}}]}}}
     served = {"http": {"levels": [{"concurrency": 1, "status": "OK", "p50_ms": 6.5, "throughput": 150.0},
@@ -39,9 +40,12 @@ def test_ratios_from_rows():
     assert ratios["triton_c16_vs_c1_throughput"] == pytest.approx(4.0)
     assert ratios["triton_overhead_grpc_ms"] is None and "grpc" in notes["triton_overhead_grpc_ms"]
     assert ratios["reasoner_compile_vs_eager"] is None
+    assert ratios["triton_saturation_vs_inprocess"] == pytest.approx(1.5)  # 600 / 400
+    assert "rgalign client" in notes["triton_overhead_ms"]  # no source given: the own client's
     met = {t["ratio"]: t["met"] for t in targets(ratios)}
     assert met == {"reasoner_int8_vs_torch_eager": True, "reasoner_int8_vs_flop_floor": False,
-                   "triton_overhead_ms": True, "triton_c16_vs_c1_throughput": True}
+                   "triton_overhead_ms": True, "triton_c16_vs_c1_throughput": True,
+                   "triton_saturation_vs_inprocess": True}
 
 
 def test_no_rows_no_server():
