@@ -37,7 +37,7 @@ def test_a_real_run_is_parsed(layout, layout_repos, serve_records, tmp_path):
 def test_bench_uses_perf_analyzer_and_says_so(serve_repo, serve_records, tmp_path):
     with TritonServer(serve_repo, log_file=tmp_path / "server.log") as server:
         out = pa.bench(server.http_address, server.grpc_url, serve_records, (1,), quick=True)
-    assert out["status"] == "OK" and out["source"] == "perf_analyzer"
+    assert out["status"] == "OK" and out["source"] == "perf_analyzer", out
     for protocol in ("http", "grpc"):
         (level,) = out[protocol]["levels"]
-        assert level["status"] == "OK" and level["concurrency"] == 1 and level["p50_ms"] > 0
+        assert level["status"] == "OK" and level["concurrency"] == 1 and level["p50_ms"] > 0, level
