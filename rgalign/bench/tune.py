@@ -184,6 +184,7 @@ def tune(
     precision: str = "int8",
     threads: int = 0,
     settings: pa.Settings | None = None,
+    protocol: str = "http",
     start_timeout: float = 120.0,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
@@ -220,7 +221,8 @@ def tune(
                     say(f"{config}, concurrency {c}")
                     row: dict[str, Any] = {**point, "config": config, "concurrency": c}
                     try:
-                        got = pa.run(binary, server.grpc_url, data, protocol="grpc", concurrency=c, settings=settings)
+                        url = server.http_address if protocol == "http" else server.grpc_url
+                        got = pa.run(binary, url, data, protocol=protocol, concurrency=c, settings=settings)
                         row.update(status="OK", **{k: v for k, v in got.items() if k not in ("composing",)})
                         row["memory"] = server_memory_mb(server)
                     except ConfigError as e:
@@ -248,7 +250,7 @@ def tune(
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "export": os.fspath(export.resolve()),
         "engine": about,
-        "protocol": "grpc",
+        "protocol": protocol,
         "grid": grid.to_dict(),
         "goal": goal.to_dict(),
         "concurrencies": list(concurrencies),

@@ -57,7 +57,7 @@ def tune_cmd(
             concurrencies=_ints(concurrency, "--concurrency"), precision=precision, threads=threads,
             settings=Settings(interval_ms=interval_ms), progress=lambda msg: status.update(escape(msg) + " ..."),
         )  # fmt: skip
-    table = Table(title=f"{len(result['measurements'])} measurements (perf_analyzer, gRPC)", title_justify="left")
+    table = Table(title=f"{len(result['measurements'])} measurements (perf_analyzer, {result['protocol']})", title_justify="left")
     for col in ("config", "c", "req/s", "p50 ms", "p99 ms", "PSS MB"):
         table.add_column(col, justify="left" if col == "config" else "right")
     for m in result["measurements"]:

@@ -80,11 +80,13 @@ def test_input_data_is_valid_json_per_entry_and_repeats_what_it_is_told():
     entry = plain["data"][0]["features"]
     assert entry["shape"] == [1] and json.loads(entry["content"][0]) == records[0]
 
-    data = pa.input_data(records, n=2000, repeated=0.5, hot=4, seed=1)
+    data = pa.input_data(records, n=2000, repeated=0.5, hot=4, seed=1, tag="run1-")
     texts = [e["features"]["content"][0] for e in data["data"]]
     repeats = len(texts) - len(set(texts))
     assert 0.45 < repeats / len(texts) < 0.55  # ~half repeat one of 4 requests
     assert all("request_id" in json.loads(t) or json.loads(t) in records for t in texts)
+    unique = pa.input_data(records, n=50, tag="x")["data"]
+    assert len({e["features"]["content"][0] for e in unique}) == 50  # no repeats at all
     with pytest.raises(ConfigError):
         pa.input_data(records, repeated=1.5)
 
@@ -96,6 +98,9 @@ def test_command_line(tmp_path: Path):
     text = " ".join(cmd)
     assert "-i grpc" in text and "--concurrency-range 4:4" in text and "--measurement-interval 1500" in text
     assert "--percentile=99" in text and "-H rgalign-admin:s3cret" in text and "--verbose-csv" in text
+    assert "--request-count" not in text
+    bounded = pa.command(Path("pa"), "h:1", "m", "http", 1, tmp_path / "i", tmp_path / "o", pa.Settings(request_count=300))
+    assert "--request-count 300" in " ".join(bounded)  # one window, no stability check
 
 
 def test_environment_puts_the_plain_named_libs_first(tmp_path: Path):
