@@ -115,3 +115,14 @@ def test_find_honours_the_environment_variable(tmp_path: Path, monkeypatch):
     monkeypatch.setenv(pa.ENV_VAR, str(tmp_path / "nope"))
     binary, why = pa.find()
     assert binary is None and "is not a file" in why
+
+
+def test_a_retry_sends_new_unique_requests_and_the_same_repeated_ones():
+    data = pa.input_data([{"age": 1}], n=40, repeated=0.5, tag="t")
+    again = pa._retagged(data)
+    for a, b in zip(data["data"], again["data"]):
+        ra, rb = (json.loads(e["features"]["content"][0]) for e in (a, b))
+        if "request_id" in ra:
+            assert rb["request_id"] == ra["request_id"] + "-retry"
+        else:
+            assert ra == rb
