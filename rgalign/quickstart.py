@@ -61,9 +61,8 @@ class QuickstartResult:
 def export_is_current(run: Path, export: Path) -> bool:
     """Whether ``export`` was made from the deployable models ``run`` has now (same files, same
     bytes), so the quickstart can reuse it."""
-    from rgalign.export.source import sha256_file
+    from rgalign.artifacts.run import RunDir, final_models, sha256_file
     from rgalign.io import read_json
-    from rgalign.training.run import RunDir, final_models
 
     manifest = export / "manifest.json"
     if not manifest.is_file():
@@ -82,13 +81,9 @@ def export_is_current(run: Path, export: Path) -> bool:
 
 def sample_records(data: Path, n: int) -> list[dict[str, Any]]:
     """The raw feature dicts of the first ``n`` test requests (what a client sends)."""
-    from rgalign.data.encoders import FeatureEncoders
-    from rgalign.data.loader import load_dataset
-    from rgalign.data.requests import build_requests
+    from rgalign.inference.records import dataset_records
 
-    ds = load_dataset(data)
-    test = build_requests(ds, FeatureEncoders.fit(ds), "test")
-    return [dict(r) for r in test.raw[:n]]
+    return dataset_records(data, limit=n)
 
 
 def quickstart(
@@ -193,7 +188,7 @@ def _serve_query_bench(res: QuickstartResult, precision: str, log: Log) -> None:
         ]
         log(f"query: {len(ranked)} requests answered by the ensemble")
         bench = run_bench(res.export, res.bench, url=server.http_address, grpc_url=server.grpc_url, quick=True, precision=precision,
-                          progress=lambda m: None)
+                          progress=lambda *_: None)
         res.ratios = bench.get("ratios", {})
         log(f"bench: wrote {res.bench}/bench.json, bench.md, bench.png")
     finally:

@@ -32,16 +32,12 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from rgalign.progress import first_line
 from rgalign.bench.timing import Budget, summarize
 
 MODEL = "rgalign"  # the ensemble `rgalign deploy` writes
 CONCURRENCIES = (1, 2, 4, 8, 16)
 QUICK_CONCURRENCIES = (1, 4, 16)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
 
 
 def split_url(url: str, default_port: int = 8000) -> tuple[str, int]:
@@ -137,18 +133,18 @@ async def _protocol(protocol: str, url: str, model: str, records: Sequence[Mappi
     try:
         client = _Client(protocol, url, model)
     except Exception as e:  # noqa: BLE001 - a missing client extra is a recorded fact
-        return {"status": "SKIPPED", "url": url, "reason": _first_line(e), "levels": []}
+        return {"status": "SKIPPED", "url": url, "reason": first_line(e, typed=True, limit=300), "levels": []}
     try:
         try:
             meta = await client.prepare()
         except Exception as e:  # noqa: BLE001
-            return {"status": "FAIL", "url": url, "reason": _first_line(e), "levels": []}
+            return {"status": "FAIL", "url": url, "reason": first_line(e, typed=True, limit=300), "levels": []}
         levels = []
         for c in concurrencies:
             try:
                 levels.append({"concurrency": c, "status": "OK", **(await _level(client, records, c, budget))})
             except Exception as e:  # noqa: BLE001 - a failed request ends this level, not the run
-                levels.append({"concurrency": c, "status": "FAIL", "reason": _first_line(e)})
+                levels.append({"concurrency": c, "status": "FAIL", "reason": first_line(e, typed=True, limit=300)})
         return {"status": "OK", "url": url, **meta, "levels": levels}
     finally:
         try:
@@ -217,9 +213,9 @@ def _pa_env() -> dict[str, str]:
     """The tritonclient 2.51 binary needs libb64 / libcudart: the nvidia-pytriton libs have them."""
     env = dict(os.environ)
     try:
-        from rgalign.serve.server import _wheel_dirs
+        from rgalign.serve.server import wheel_dirs
 
-        libs = str(_wheel_dirs()[1])
+        libs = str(wheel_dirs()[1])
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libs, env.get("LD_LIBRARY_PATH")) if p)
     except Exception:  # noqa: BLE001 - no pytriton: run with the environment as is
         pass
@@ -248,7 +244,7 @@ def run_perf_analyzer(url: str, grpc_url: str | None, records: Sequence[Mapping[
                                           timeout=60 if quick else 180)
                 except (OSError, subprocess.TimeoutExpired) as e:
                     results["runs"].append({"protocol": protocol, "concurrency": c, "status": "FAIL",
-                                            "reason": _first_line(e)})
+                                            "reason": first_line(e, typed=True, limit=300)})
                     continue
                 if proc.returncode != 0 or not report.is_file():
                     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]

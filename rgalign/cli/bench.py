@@ -58,7 +58,7 @@ def bench_cmd(
         result = run_bench(
             target, out, url=url, grpc_url=grpc_url, quick=quick, precision=precision, threads=threads or None,
             compile=compile, records_file=records, batches=b, seqs=s, concurrencies=c, model=model,
-            command=command, progress=lambda msg: status.update(escape(msg) + " ..."),
+            command=command, progress=lambda step, _state, _msg: status.update(escape(step) + " ..."),
         )
 
     table = Table(title="SPEC §8 targets (same run)", title_justify="left")

@@ -48,7 +48,7 @@ def deploy_cmd(
         tensorrt_accelerator=trt_accelerator,
     )  # fmt: skip
     with console.status("deploying ...") as status:
-        summary = deploy(export, out, options, progress=lambda step: status.update(f"writing {escape(step)} ..."))
+        summary = deploy(export, out, options, progress=lambda step, _state, _msg: status.update(f"writing {escape(step)} ..."))
     table = Table(title=escape(str(out)), title_justify="left")
     table.add_column("model")
     table.add_column("config")

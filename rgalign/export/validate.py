@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from rgalign.errors import ExportError
-from rgalign.export.runtime import Runner
+from rgalign.inference.runtime import Runner
 from rgalign.export.specs import ExportSpec, Tolerances
 
 

@@ -46,6 +46,7 @@ from transformers.utils import logging as _hf_logging
 # checkpoints are tiny and local: the hub-download style progress bars are noise in our output
 _hf_logging.disable_progress_bar()
 
+from rgalign.progress import first_line
 from rgalign.errors import ConfigError
 from rgalign.io import atomic_dir, read_json, write_json_atomic
 from rgalign.models.tokenizer import IGNORE_INDEX, encode_prompts, load_tokenizer
@@ -82,11 +83,6 @@ class ReasonerConfig:
         if unknown:
             raise ConfigError(f"unknown reasoner config keys: {', '.join(unknown)}")
         return cls(**d)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _check_causal_lm(config: Any, source: str) -> None:
@@ -164,14 +160,14 @@ def build_backbone(cfg: ReasonerConfig, tokenizer: PreTrainedTokenizerBase) -> n
     try:
         config = AutoConfig.from_pretrained(where, local_files_only=local)
     except Exception as e:  # noqa: BLE001 - unreadable config / unknown hub name: one line
-        raise ConfigError(f"cannot load backbone {source!r}: {_first_line(e)}") from None
+        raise ConfigError(f"cannot load backbone {source!r}: {first_line(e)}") from None
     _check_causal_lm(config, source)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             where, local_files_only=local, dtype=torch.float32, attn_implementation=cfg.attn_implementation
         )
     except Exception as e:  # noqa: BLE001
-        raise ConfigError(f"cannot load backbone weights from {source!r}: {_first_line(e)}") from None
+        raise ConfigError(f"cannot load backbone weights from {source!r}: {first_line(e)}") from None
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     if model.config.pad_token_id is None:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from rgalign.errors import ServeError
-from rgalign.export.pipeline import Ranked
+from rgalign.inference.postprocess import Ranked
 
 PROTOCOLS = ("http", "grpc")
 MODEL = "rgalign"

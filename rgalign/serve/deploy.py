@@ -32,7 +32,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,19 +40,17 @@ from typing import Any
 import numpy as np
 
 import rgalign
+from rgalign.artifacts.manifest import read_manifest
+from rgalign.artifacts.registry import ENSEMBLE, check_backend
+from rgalign.artifacts.run import sha256_file
 from rgalign.errors import ConfigError, ExportError, ServeError
-from rgalign.export.pipeline import Preprocessor, read_manifest
-from rgalign.export.source import sha256_file
+from rgalign.inference.preprocess import Preprocessor
+from rgalign.progress import Progress, step_announcer
 from rgalign.io import atomic_dir, read_json, write_json_atomic, write_text_atomic
 from rgalign.serve import config as tc
 from rgalign.serve.repo_readme import README_TEXT
 
-BACKENDS = ("python", "onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
-ENSEMBLE = "rgalign"
 STEP_MODELS = ("preprocess", "reasoner", "ranker", "postprocess")
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -81,12 +79,7 @@ class DeployOptions:
     tensorrt_accelerator: bool = False
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(
-                f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}"
-            )
+        check_backend(self.backend, self.precision)
         if self.instances < 1:
             raise ConfigError(f"--instances must be >= 1, got {self.instances}")
         if self.max_batch < 1:
@@ -445,7 +438,7 @@ def deploy(
     plans), ConfigError for bad options. ``out`` is replaced only when everything was written.
     """
     options = options or DeployOptions()
-    say = progress or (lambda _msg: None)
+    say = step_announcer(progress)
     export = Path(export_dir)
     manifest = read_manifest(export)
     sources = _model_files(export, manifest, options)  # raises when the export lacks them

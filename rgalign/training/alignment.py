@@ -48,7 +48,7 @@ from rgalign.training.context import (
 )
 from rgalign.training.distributed import shard
 from rgalign.training.evaluate import qe_forward, ranker_metrics
-from rgalign.training.run import STAGE_NAMES, final_models, latest_qe_ranker_dir
+from rgalign.artifacts.run import STAGE_NAMES, final_models, latest_qe_ranker_dir
 
 CANDIDATES = "candidates.jsonl"
 

@@ -26,7 +26,7 @@ from rgalign.training import loops
 from rgalign.training.config import TrainConfig
 from rgalign.training.distributed import DistInfo, barrier
 from rgalign.training.evaluate import latent_queries, prompts_of
-from rgalign.training.run import STAGE_NAMES, RunDir
+from rgalign.artifacts.run import STAGE_NAMES, RunDir
 
 Log = Callable[[str], None]
 
@@ -202,7 +202,7 @@ def prefetch_test_latents(ctx: Context, reasoner_dirs: Iterable[Path]) -> Iterat
 
 def require_reasoner(ctx: Context, stage: int) -> Path:
     """The reasoner the next stage starts from: that of the last finished stage that trained one."""
-    from rgalign.training.run import latest_reasoner_dir
+    from rgalign.artifacts.run import latest_reasoner_dir
 
     d = latest_reasoner_dir(ctx.run)
     if d is None:

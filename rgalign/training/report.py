@@ -21,7 +21,7 @@ from typing import Any
 
 from rgalign.errors import TrainError
 from rgalign.io import atomic_dir, read_json, write_text_atomic
-from rgalign.training.run import RunDir
+from rgalign.artifacts.run import RunDir
 
 MODEL_LABELS = {
     "baseline": "AutoInt+MoE (baseline)", "qe": "QE ranker (stage 2)",

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from rgalign.export import Pipeline
-from rgalign.export.runtime import OrtRunner
+from rgalign.inference.pipeline import Pipeline
+from rgalign.inference.runtime import OrtRunner
 from rgalign.serve.client import _encode, split_url
 from rgalign.serve.models.common import RequestError, left_pad, split_rows
 from rgalign.serve.models.postprocess import PostprocessStep
