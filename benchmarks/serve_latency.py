@@ -109,7 +109,7 @@ def throughput(url: str, records: list[dict], concurrency: int, seconds: float) 
 def run_precision(export: Path, precision: str, records: list[dict], seconds: float, threads: int) -> dict:
     from rgalign.inference.pipeline import Pipeline
     from rgalign.serve.client import RgalignClient
-    from rgalign.serve.deploy import DeployOptions, deploy
+    from rgalign.serve.repository.deploy import DeployOptions, deploy
     from rgalign.serve.server import TritonServer
 
     result: dict = {"precision": precision}

@@ -152,7 +152,7 @@ def _export(res: QuickstartResult, precision: str, log: Log) -> tuple[list[dict[
 
 
 def _deploy(res: QuickstartResult, precision: str, log: Log) -> None:
-    from rgalign.serve.deploy import DeployOptions, deploy
+    from rgalign.serve.repository.deploy import DeployOptions, deploy
 
     deploy(res.export, res.repo, DeployOptions(backend="python", precision=precision))
     log(f"deploy: wrote {res.repo} (python backend, {precision})")

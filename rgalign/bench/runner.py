@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rgalign.artifacts.registry import ENSEMBLE
 from rgalign.bench.flops import DecoderShape, decoder_flops, default_threads, floor_ms, measure_peaks, torch_flops
 from rgalign.bench.inprocess import OK, InProcessBench, Shapes, find_row
 from rgalign.bench.machine import describe_machine
@@ -117,7 +118,7 @@ def run_bench(
     seqs: Sequence[int] | None = None,
     concurrencies: Sequence[int] | None = None,
     budget: Budget | None = None,
-    model: str = "rgalign",
+    model: str = ENSEMBLE,
     command: str | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:

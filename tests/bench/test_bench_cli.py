@@ -94,7 +94,7 @@ def test_served_bench_against_a_real_server(bench_export, tmp_path):
     from rgalign.bench.timing import Budget
     from rgalign.data.encoders import FeatureEncoders
     from rgalign.io import read_json
-    from rgalign.serve.deploy import DeployOptions, deploy
+    from rgalign.serve.repository.deploy import DeployOptions, deploy
     from rgalign.serve.server import TritonServer
 
     repo = tmp_path / "repo"

@@ -13,7 +13,7 @@ A model repository looks like this (Triton's layout; ``1/`` is the only version 
 
 Example::
 
-    from rgalign.serve import config as tc
+    from rgalign.serve.repository import config as tc
 
     cfg = tc.python_model(
         "add_one",
