@@ -64,7 +64,7 @@ def test_served_helpers():
 
 def test_reasoner_feeds_have_exact_lengths():
     from rgalign.inference.preprocess import Preprocessor
-    from rgalign.models.tiny import TINY_FIELDS, tiny_requests, tiny_tokenizer
+    from tiny import TINY_FIELDS, tiny_requests, tiny_tokenizer
 
     class _NoEncoders:
         pass
