@@ -29,10 +29,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rgalign.progress import FAIL, OK, SKIPPED, Progress, first_line, step_announcer
 from rgalign.bench.inputs import ranker_feeds, reasoner_feeds, take
 from rgalign.bench.target import Target
 from rgalign.bench.timing import Budget, time_calls
+from rgalign.progress import FAIL, OK, SKIPPED, Progress, first_line, step_announcer
 
 
 MODELS = ("reasoner", "ranker", "pipeline")

@@ -26,9 +26,9 @@ import onnx
 import torch
 from torch import nn
 
-from rgalign.progress import first_line
 from rgalign.errors import ExportError
 from rgalign.export.specs import ExportSpec, graph_module
+from rgalign.progress import first_line
 
 DYNAMO_OPSET = 18
 LEGACY_OPSET = 17

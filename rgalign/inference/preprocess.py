@@ -19,25 +19,18 @@ import numpy as np
 
 from rgalign.artifacts.manifest import read_manifest
 from rgalign.data.encoders import FeatureEncoders
-from rgalign.errors import ConfigError
 from rgalign.io import read_json
 from rgalign.models.prompt import PromptFields, build_prompt
+from rgalign.models.saved_tokenizer import open_saved_tokenizer
 
 
 def load_export_tokenizer(path: str | os.PathLike, padding_side: str = "left") -> Any:
     """The reasoner's tokenizer as an export saved it (``save_pretrained``), without torch."""
     from transformers import PreTrainedTokenizerFast
 
-    if not os.path.isdir(path):
-        raise ConfigError(f"tokenizer folder {os.fspath(path)!r} does not exist")
-    try:
-        tok = PreTrainedTokenizerFast.from_pretrained(os.fspath(path), local_files_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure is one readable line
-        raise ConfigError(f"cannot load a tokenizer from {os.fspath(path)!r}: {e}") from None
-    tok.padding_side = padding_side
-    if tok.pad_token is None:  # hub LLM tokenizers often have none; padding needs one
-        tok.pad_token = tok.eos_token
-    return tok
+    return open_saved_tokenizer(
+        path, lambda p: PreTrainedTokenizerFast.from_pretrained(p, local_files_only=True), padding_side
+    )
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from rgalign.errors import ConfigError
 from rgalign.config import from_dict
+from rgalign.errors import ConfigError
 from rgalign.models.checkpoint import read_checkpoint, save_module
 from rgalign.models.layers import CrossAttention, FieldEmbedding, InteractingLayer, MixtureOfExpertsScorer
 

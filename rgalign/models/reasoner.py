@@ -46,12 +46,12 @@ from transformers.utils import logging as _hf_logging
 # checkpoints are tiny and local: the hub-download style progress bars are noise in our output
 _hf_logging.disable_progress_bar()
 
-from rgalign.progress import first_line
-from rgalign.errors import ConfigError
 from rgalign.config import from_dict
+from rgalign.errors import ConfigError
 from rgalign.io import atomic_dir, write_json_atomic
 from rgalign.models.checkpoint import FORMAT_VERSION, read_meta
 from rgalign.models.tokenizer import IGNORE_INDEX, encode_prompts, load_tokenizer
+from rgalign.progress import first_line
 
 
 

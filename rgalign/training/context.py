@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rgalign.artifacts.run import STAGE_NAMES, RunDir
 from rgalign.config import to_dict
 from rgalign.data.encoders import FeatureEncoders
 from rgalign.data.loader import Dataset
@@ -26,7 +27,6 @@ from rgalign.training import loops
 from rgalign.training.config import TrainConfig
 from rgalign.training.distributed import DistInfo, barrier
 from rgalign.training.evaluate import latent_queries, prompts_of
-from rgalign.artifacts.run import STAGE_NAMES, RunDir
 
 Log = Callable[[str], None]
 

@@ -45,8 +45,8 @@ from rgalign.artifacts.registry import ENSEMBLE, check_backend
 from rgalign.artifacts.run import sha256_file
 from rgalign.errors import ConfigError, ServeError
 from rgalign.inference.preprocess import Preprocessor
-from rgalign.progress import Progress, step_announcer
 from rgalign.io import atomic_dir, read_json, write_json_atomic, write_text_atomic
+from rgalign.progress import Progress, step_announcer
 from rgalign.serve.repository import config as tc
 from rgalign.serve.repository.readme import README_TEXT
 from rgalign.serve.repository.signature import Signature, model_files, signature
