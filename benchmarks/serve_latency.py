@@ -188,7 +188,7 @@ def main() -> None:
         "export": str(args.export.resolve()),
         "results": results,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "note": "batch 1, k=3; one machine, one run; in-process = rgalign.export.Pipeline (ONNX Runtime)",
+        "note": "batch 1, k=3; one machine, one run; in-process = rgalign.inference.Pipeline (ONNX Runtime)",
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

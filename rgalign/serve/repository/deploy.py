@@ -15,7 +15,7 @@ optional ``top_k`` INT32 (B, 1); response ``intent_ids`` BYTES (B, k), ``scores`
 best first. Backends of ``reasoner`` and ``ranker``:
 
 - ``python``: ONNX Runtime inside Triton's python backend, through the same code as the
-  in-process `rgalign.export.Pipeline` (runs with the embedded CPU server of nvidia-pytriton);
+  in-process `rgalign.inference.Pipeline` (runs with the embedded CPU server of nvidia-pytriton);
 - ``onnxruntime``: Triton's own ONNX Runtime backend (optionally its TensorRT accelerator, GPU):
   a server with that backend (an NGC container) is needed, the nvidia-pytriton wheel has none;
 - ``tensorrt``: the export's TensorRT plans (``rgalign export --tensorrt``), GPU only.
