@@ -10,6 +10,8 @@ OK, FAIL, SKIPPED, START = "OK", "FAIL", "SKIPPED", "START"
 
 # progress(step name, status, message): status is START when a step begins
 Progress = Callable[[str, str, str], None]
+# log(line): where a long command's human-readable lines go (print by default)
+Log = Callable[[str], None]
 
 
 def first_line(e: BaseException, typed: bool = False, limit: int | None = None) -> str:

@@ -15,11 +15,11 @@ Returns the paths and the figures the summary table prints.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rgalign.progress import Log
 from rgalign.training.config import (
     CalibrateConfig, DPOConfig, RankerStageConfig, RGCLConfig, RGSFTConfig, TrainConfig, WarmupConfig,
 )
@@ -39,7 +39,6 @@ QUICKSTART_TRAIN = TrainConfig(
 QUICKSTART_PRECISION = "int8"
 QUICKSTART_QUERIES = 3
 
-Log = Callable[[str], None]
 
 
 @dataclass

@@ -23,12 +23,12 @@ from rgalign.io import atomic_dir, write_json_atomic
 from rgalign.models.prompt import PromptFields
 from rgalign.models.qe_ranker import QERankerConfig
 from rgalign.models.reasoner import Reasoner, ReasonerConfig
+from rgalign.progress import Log
 from rgalign.training import loops
 from rgalign.training.config import TrainConfig
 from rgalign.training.distributed import DistInfo, barrier
 from rgalign.training.evaluate import latent_queries, prompts_of
 
-Log = Callable[[str], None]
 
 
 @dataclass
