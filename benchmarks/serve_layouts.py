@@ -38,9 +38,9 @@ import numpy as np
 from rgalign.bench import perf_analyzer as pa
 from rgalign.bench.target import resolve_target
 from rgalign.bench.tune import server_memory_mb
-from rgalign.export import Pipeline
-from rgalign.serve.cache import read_stats, server_args
-from rgalign.serve.deploy import DeployOptions, deploy
+from rgalign.inference import Pipeline
+from rgalign.serve.server.cache import read_stats, server_args
+from rgalign.serve.repository.deploy import DeployOptions, deploy
 from rgalign.serve.server import TritonServer
 
 CONCURRENCIES = (1, 4, 16)

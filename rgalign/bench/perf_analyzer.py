@@ -59,9 +59,9 @@ def install_dir() -> Path:
 
 def _pytriton_libs() -> Path | None:
     try:
-        from rgalign.serve.server import _wheel_dirs
+        from rgalign.serve.server.binary import wheel_dirs
 
-        libs = _wheel_dirs()[1]
+        libs = wheel_dirs()[1]
     except Exception:  # noqa: BLE001 - no pytriton: no libraries to lend
         return None
     return libs if libs.is_dir() else None

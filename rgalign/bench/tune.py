@@ -190,7 +190,7 @@ def tune(
 ) -> dict[str, Any]:
     """Sweep ``grid`` over ``export`` (see the module doc) and write ``out``; returns tune.json's
     object. Raises ConfigError when perf_analyzer cannot run here (it is the measuring engine)."""
-    from rgalign.serve.deploy import DeployOptions, deploy
+    from rgalign.serve.repository.deploy import DeployOptions, deploy
     from rgalign.serve.server import TritonServer
 
     binary, about = pa.available()

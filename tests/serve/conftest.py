@@ -19,7 +19,7 @@ MAX_BATCH = 8
 
 
 def _deploy(export: Path, tmp_path_factory: pytest.TempPathFactory, layout: str) -> Path:
-    from rgalign.serve.deploy import DeployOptions, deploy
+    from rgalign.serve.repository.deploy import DeployOptions, deploy
 
     repo = tmp_path_factory.mktemp(f"serve_repo_{layout}") / "repo"
     deploy(export, repo, DeployOptions(max_batch=MAX_BATCH, threads=1, layout=layout))

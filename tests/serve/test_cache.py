@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rgalign.errors import ConfigError
-from rgalign.serve.cache import CacheStats, parse_metrics, read_stats, server_args
+from rgalign.serve.server.cache import CacheStats, parse_metrics, read_stats, server_args
 from rgalign.serve.client import RgalignClient
 from rgalign.serve.server import TritonServer
 

@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.triton, pytest.mark.perf_analyzer]
 def test_tune_writes_the_best_config_and_the_frontier(serve_export, serve_records, tmp_path):
     from rgalign.bench.perf_analyzer import Settings
     from rgalign.bench.tune import Goal, Grid, tune
-    from rgalign.serve import config as tc
+    from rgalign.serve.repository import config as tc
 
     grid = Grid(layouts=("fused", "ensemble"), instances=(1,), max_batch=(8,), queue_delay_us=(100,))
     result = tune(serve_export, tmp_path / "tune", serve_records, grid=grid, goal=Goal(1000.0, 1.0),

@@ -54,7 +54,7 @@ class FusedStep:
 
     @classmethod
     def from_dir(cls, folder: str | os.PathLike, precision: str, threads: int, default_k: int) -> FusedStep:
-        from rgalign.export.pipeline import Pipeline
+        from rgalign.inference.pipeline import Pipeline
 
         return cls(Pipeline.from_export(folder, precision, threads=threads or None), default_k)
 

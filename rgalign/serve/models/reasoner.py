@@ -44,7 +44,7 @@ class ReasonerStep:
 def load_runner(args: Mapping[str, str]) -> Runner:
     """ONNX Runtime on ``<version>/model.onnx``, CPU, ``threads`` from the config's parameters
     (0: ONNX Runtime's default, one per core)."""
-    from rgalign.export.runtime import OrtRunner
+    from rgalign.inference.runtime import OrtRunner
 
     threads = int_parameter(model_parameters(args), "threads", 0)
     return OrtRunner.load(version_dir(args) / "model.onnx", threads=threads or None)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from rgalign.serve import config as tc
+from rgalign.serve.repository import config as tc
 
 MODEL = "rgalign"
 

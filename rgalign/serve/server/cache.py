@@ -37,9 +37,9 @@ def cache_directory(tritonserver: Path | None = None) -> Path:
         beside = Path(tritonserver).resolve().parent.parent / "caches"
         if (beside / "local").is_dir():
             return beside
-    from rgalign.serve.server import _wheel_dirs
+    from rgalign.serve.server.binary import wheel_dirs
 
-    return _wheel_dirs()[0] / "caches"
+    return wheel_dirs()[0] / "caches"
 
 
 def server_args(cache_mb: int, tritonserver: Path | None = None) -> list[str]:
