@@ -178,7 +178,8 @@ def run_bench(
         # client only where it cannot (each figure says its "source").
         say(f"perf_analyzer on the server at {url}")
         served = perf_analyzer.bench("%s:%d" % host_port(url), grpc_url or grpc_url_for(url),
-                                     t.records, concurrencies, quick, model)
+                                     # quick: the two levels the ratios read (~4 s each)
+                                     t.records, (1, 16) if quick else concurrencies, quick, model)
         if served["status"] != "OK":
             say(f"benchmarking the server at {url} with rgalign's own client")
             fallback = served_mod.bench_served(url, t.records, budget if quick else Budget(

@@ -4,6 +4,8 @@ of the ensemble). Skipped, with the reason, where the binary is missing or does 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from rgalign.bench import perf_analyzer as pa
@@ -35,9 +37,20 @@ def test_a_real_run_is_parsed(layout, layout_repos, serve_records, tmp_path):
 
 
 def test_bench_uses_perf_analyzer_and_says_so(serve_repo, serve_records, tmp_path):
+    from rgalign.bench.runner import run_bench
+
+    records = tmp_path / "records.json"
+    records.write_text(json.dumps(serve_records[:32]))
     with TritonServer(serve_repo, log_file=tmp_path / "server.log") as server:
         out = pa.bench(server.http_address, server.grpc_url, serve_records, (1,), quick=True)
+        result = run_bench(None, tmp_path / "bench", url=server.http_address, grpc_url=server.grpc_url,
+                           quick=True, records_file=records)
     assert out["status"] == "OK" and out["source"] == "perf_analyzer", out
     for protocol in ("http", "grpc"):
         (level,) = out[protocol]["levels"]
         assert level["status"] == "OK" and level["concurrency"] == 1 and level["p50_ms"] > 0, level
+    served = result["served"]
+    assert served["source"] == "perf_analyzer" and [lv["concurrency"] for lv in served["http"]["levels"]] == [1, 16]
+    assert "perf_analyzer" in result["ratio_notes"]["triton_c16_vs_c1_throughput"]
+    text = (tmp_path / "bench" / "bench.md").read_text()
+    assert "measured with perf_analyzer" in text and "Server side" in text and "reasoner" in text
