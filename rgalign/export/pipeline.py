@@ -30,7 +30,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from rgalign.errors import ExportError
-from rgalign.export.runtime import OrtRunner, ProviderSpec, Runner, TorchRunner
+from rgalign.export.runtime import ProviderSpec, Runner, TorchRunner
+from rgalign.inference.batch_invariance import load_runner
 from rgalign.io import read_json
 
 # requests per forward pass when a call holds many: bounds the attention's (B, h, T, T) memory
@@ -173,10 +174,12 @@ class Pipeline:
                     f"re-run `rgalign export --precision {precision}`"
                 )
             paths.append(root / art["path"])
+        # batch-dependent (dynamically quantized) graphs run row by row: answers never depend
+        # on batch mates (rgalign.inference.batch_invariance)
         return cls(
             Preprocessor.from_export(root),
-            OrtRunner.load(paths[0], providers, threads),
-            OrtRunner.load(paths[1], providers, threads),
+            load_runner(paths[0], providers, threads),
+            load_runner(paths[1], providers, threads),
             read_json(root / manifest["serving"]["intents"])["intent_ids"],
             name=f"onnxruntime-{precision}",
         )

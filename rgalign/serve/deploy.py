@@ -43,6 +43,7 @@ import rgalign
 from rgalign.errors import ConfigError, ExportError, ServeError
 from rgalign.export.pipeline import Preprocessor, read_manifest
 from rgalign.export.source import sha256_file
+from rgalign.inference.limits import RequestLimits
 from rgalign.io import atomic_dir, read_json, write_json_atomic, write_text_atomic
 from rgalign.serve import config as tc
 from rgalign.serve.repo_readme import README_TEXT
@@ -69,6 +70,8 @@ class DeployOptions:
       compete for the cores (ONNX Runtime already uses them all).
     - ``threads=0``: ONNX Runtime's default intra-op threads (one per core), python backend only.
     - ``default_top_k=None``: the export's ``serving.topk`` (the K of the ranker graph).
+    - ``max_item_bytes``, ``max_text_chars``: request limits checked before parsing and
+      tokenization (`rgalign.inference.limits.RequestLimits`, where the defaults are explained).
     """
 
     backend: str = "python"
@@ -79,6 +82,8 @@ class DeployOptions:
     threads: int = 0
     default_top_k: int | None = None
     tensorrt_accelerator: bool = False
+    max_item_bytes: int = RequestLimits.max_item_bytes
+    max_text_chars: int = RequestLimits.max_text_chars
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -97,6 +102,10 @@ class DeployOptions:
             raise ConfigError("the TensorRT accelerator applies to --backend onnxruntime only")
         if self.backend == "tensorrt" and self.precision == "fp32":
             raise ConfigError("TensorRT plans are exported in fp16 or int8; pass --precision fp16 or int8")
+        self.limits()  # raises ConfigError for bad limits
+
+    def limits(self) -> RequestLimits:
+        return RequestLimits(max_item_bytes=self.max_item_bytes, max_text_chars=self.max_text_chars)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -314,9 +323,13 @@ def _write_preprocess(
         dynamic_batching=_batching(options),
         instance_groups=_groups(options),
         warmup=_warmup(model_dir, {"features": features}),
+        parameters={k: str(v) for k, v in options.limits().to_dict().items()},
     )
     tc.write_config(model_dir, config)
     return {
+        "vocab_size": np.array(len(pre.tokenizer), dtype=np.int64),
+        "max_len": np.array(pre.max_len, dtype=np.int64),
+        "cardinalities": np.array(list(pre.encoders.cardinalities), dtype=np.int64),
         "input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
         "cat": batch.cat, "num": batch.num,
         "pad_token_id": np.array(pre.tokenizer.pad_token_id, dtype=np.int64),
@@ -469,14 +482,16 @@ def deploy(
         _write_graph_model(
             tmp, "reasoner", sources["reasoner"], sig.reasoner_inputs, sig.reasoner_outputs,
             {"input_ids": warm["input_ids"], "attention_mask": warm["attention_mask"]}, options,
-            {**params, "pad_token_id": str(int(warm["pad_token_id"]))},
+            {**params, "pad_token_id": str(int(warm["pad_token_id"])),
+             "vocab_size": str(int(warm["vocab_size"])), "max_len": str(int(warm["max_len"]))},
         )  # fmt: skip
         say(f"ranker ({options.backend}, {options.precision})")
         d_query = sig.spec("query").dims[0]
         _write_graph_model(
             tmp, "ranker", sources["ranker"], sig.ranker_inputs, sig.ranker_outputs,
             {"cat": warm["cat"], "num": warm["num"], "query": np.zeros((1, d_query), np.float32)},
-            options, params,
+            options, {**params, "d_query": str(d_query),
+                      "cardinalities": json.dumps([int(c) for c in warm["cardinalities"]])},
         )  # fmt: skip
         say("postprocess")
         _write_postprocess(tmp, export, manifest, sig, options, default_k)
