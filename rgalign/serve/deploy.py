@@ -46,6 +46,7 @@ from rgalign.export.source import sha256_file
 from rgalign.inference.limits import RequestLimits
 from rgalign.io import atomic_dir, read_json, write_json_atomic, write_text_atomic
 from rgalign.serve import config as tc
+from rgalign.serve.live import carry_runtime_files, refuse_unless_forced, request_reload
 from rgalign.serve.repo_readme import README_TEXT
 
 BACKENDS = ("python", "onnxruntime", "tensorrt")
@@ -450,13 +451,17 @@ def deploy(
     out: str | os.PathLike,
     options: DeployOptions | None = None,
     progress: Progress | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Write the Triton model repository ``out`` for the export ``export_dir``; returns what
     ``out/deploy.json`` records (options, source export, models, files with their sha256).
 
     Raises ExportError when the export lacks what the options need (a precision, TensorRT
     plans), ConfigError for bad options. ``out`` is replaced only when everything was written.
+    A running server of ``out`` is a ServeError unless ``force``: then the new repository
+    replaces it and the server reloads from it (`rgalign.serve.live`; summary["reload"]).
     """
+    live = refuse_unless_forced(out, force)
     options = options or DeployOptions()
     say = progress or (lambda _msg: None)
     export = Path(export_dir)
@@ -525,6 +530,11 @@ def deploy(
             "seconds": round(time.perf_counter() - t0, 2),
         }
         write_json_atomic(tmp / "deploy.json", summary)
+        if live:
+            carry_runtime_files(out, tmp)  # the running serve's log, key and state survive
+    if live:
+        say("reloading the running server")
+        summary["reload"] = request_reload(out, live)
     return summary
 
 

@@ -43,12 +43,12 @@ from typing import Any
 from rgalign.errors import ServeError
 from rgalign.io import write_json_atomic
 from rgalign.serve.admin import AdminClient
+from rgalign.serve.live import STATE_FILE
 from rgalign.serve.server import TritonServer, _proc_entries, _read_tail
 
 LOG = logging.getLogger(__name__)
 
 ENSEMBLE = "rgalign"
-STATE_FILE = ".rgalign-serve.json"
 # Load order: the ensemble last (it needs its steps).
 MODELS = ("preprocess", "reasoner", "ranker", "postprocess", ENSEMBLE)
 
@@ -158,21 +158,18 @@ class Supervisor:
     # -- repairs --------------------------------------------------------------------------------
 
     def recover(self, model: str, detected_at: float | None = None) -> bool:
-        """Unload ``model`` (health turns not-ready), load it again, wait for its stubs; an event
-        either way. Returns whether it serves again."""
+        """Unload ``model`` (health turns not-ready), then load the ensemble, which loads the
+        missing step again with fresh stubs; wait for them. An event either way; returns whether
+        it serves again. (Loading the step itself would leave the ensemble unloaded: Triton
+        drops an ensemble whose step is unloaded.)"""
         t0 = detected_at if detected_at is not None else time.monotonic()
         admin = self.admin
         try:
-            with contextlib.suppress(ServeError):  # unload of a model whose stub is dead may complain
-                admin.unload(model)
-            admin.load(model)
-            deadline = time.monotonic() + self.options.load_timeout_s
-            while stub_counts(self.server.shm_prefix).get(model, 0) < self.expected.get(model, 0):
-                if time.monotonic() > deadline:
-                    raise ServeError(f"{model}: its stubs did not come back within {self.options.load_timeout_s:.0f} s")
-                time.sleep(0.02)
-            if ENSEMBLE != model and not admin.model_ready(ENSEMBLE):
-                admin.load(ENSEMBLE)  # unloading a step can take the ensemble with it
+            if model != ENSEMBLE:
+                with contextlib.suppress(ServeError):  # the unload of a dead stub may complain
+                    admin.unload(model)
+            admin.load(ENSEMBLE)
+            self._wait_stubs(lambda now: now.get(model, 0) >= self.expected.get(model, 0), model)
         except ServeError as e:
             self._failed_reloads[model] += 1
             self._event(Event("recover-failed", model, time.monotonic() - t0, str(e).splitlines()[0]))
@@ -180,6 +177,16 @@ class Supervisor:
         self._failed_reloads[model] = 0
         self._event(Event("recovered", model, time.monotonic() - t0))
         return True
+
+    def _wait_stubs(self, done: Callable[[Counter[str]], bool], what: str) -> Counter[str]:
+        deadline = time.monotonic() + self.options.load_timeout_s
+        while True:
+            now = stub_counts(self.server.shm_prefix)
+            if done(now):
+                return now
+            if time.monotonic() > deadline:
+                raise ServeError(f"{what}: stubs not back within {self.options.load_timeout_s:.0f} s ({dict(now)})")
+            time.sleep(0.02)
 
     def restart_server(self, reason: str) -> None:
         """Stop what is left of the server and start it again, within the restart budget."""
@@ -201,19 +208,22 @@ class Supervisor:
         self._event(Event("server-restarted", "", time.monotonic() - t0, reason))
 
     def reload(self) -> float:
-        """Unload every model, then load every model again from disk (what ``deploy --force``
-        asks for with SIGHUP). Returns the seconds it took; the server is not-ready meanwhile."""
+        """Load the ensemble again (what ``deploy --force`` asks for with SIGHUP): Triton reloads
+        every model whose files changed on disk and keeps serving the old ones until the new
+        ones are ready, so what is served becomes what is on disk without an outage. Returns the
+        seconds it took."""
         t0 = time.monotonic()
-        admin = self.admin
-        for model in reversed(MODELS):
-            with contextlib.suppress(ServeError):
-                admin.unload(model)
+        self.admin.load(ENSEMBLE)
+        # old stubs exit after their replacements start: wait until the counts settle, so the
+        # new baseline counts each instance once
+        stable_since, last = time.monotonic(), stub_counts(self.server.shm_prefix)
         deadline = time.monotonic() + self.options.load_timeout_s
-        while any(stub_counts(self.server.shm_prefix).values()) and time.monotonic() < deadline:
-            time.sleep(0.05)  # old stubs gone before new ones start: the counts stay meaningful
-        for model in MODELS:
-            admin.load(model)
-        self.baseline()
+        while time.monotonic() - stable_since < 0.5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            now = stub_counts(self.server.shm_prefix)
+            if now != last:
+                stable_since, last = time.monotonic(), now
+        self.expected = last
         seconds = time.monotonic() - t0
         self._event(Event("reloaded", "", seconds))
         return seconds
