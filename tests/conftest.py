@@ -30,7 +30,7 @@ def _gpu_missing() -> str | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    checks = {"triton": _tritonserver_missing, "gpu": _gpu_missing}
+    checks = {"triton": _tritonserver_missing, "reliability": _tritonserver_missing, "gpu": _gpu_missing}
     reasons: dict[str, str | None] = {}
     for item in items:
         for marker, check in checks.items():
@@ -41,7 +41,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             reason = reasons[marker]
             if reason is None:
                 continue
-            if marker == "triton" and os.environ.get("CI") == "true":
+            if marker in ("triton", "reliability") and os.environ.get("CI") == "true":
                 continue  # CI must run them: let the test fail on the missing server, loudly
             item.add_marker(pytest.mark.skip(reason=f"{marker}: {reason}"))
 

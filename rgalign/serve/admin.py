@@ -6,8 +6,9 @@ and gRPC alike (Triton's ``--http-restricted-api`` / ``--grpc-restricted-protoco
 ``model-repository`` (load / unload), ``shared-memory`` (registering a ``/dev/shm`` region and
 asking a model to write there aborted the server, issue 16), ``statistics``, ``trace`` and
 ``logging``. ``health``, ``metadata``, ``inference`` and ``model-config`` stay public
-(perf_analyzer reads the model config). A restricted call without the header
-``rgalign-admin: <key>`` gets 403 ``This API is restricted, expecting header 'rgalign-admin'``.
+(perf_analyzer reads the model config). A restricted HTTP call without the header
+``rgalign-admin: <key>`` gets 403 ``This API is restricted, expecting header 'rgalign-admin'``;
+over gRPC the metadata key is ``triton-grpc-protocol-rgalign-admin`` (UNAVAILABLE without it).
 
 The key: ``--admin-key`` or ``$RGALIGN_ADMIN_KEY`` when given, else a random one per run,
 written with mode 0600 to ``rgalign-admin.key`` beside the server log (the supervisor needs it
@@ -33,6 +34,9 @@ from typing import Any
 from rgalign.errors import ConfigError, ServeError
 
 ADMIN_HEADER = "rgalign-admin"
+# Over gRPC, Triton expects the key's metadata under this name (measured: "This protocol is
+# restricted, expecting header 'triton-grpc-protocol-rgalign-admin'").
+GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
 KEY_ENV = "RGALIGN_ADMIN_KEY"
 KEY_FILE = "rgalign-admin.key"
 # Triton's names for the API groups (the same names for HTTP APIs and gRPC protocols).

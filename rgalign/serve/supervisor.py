@@ -103,6 +103,22 @@ def stub_counts(shm_prefix: str) -> Counter[str]:
     return counts
 
 
+def configured_stubs(repo: Path) -> Counter[str]:
+    """Python-backend models of ``repo`` and their configured instance count (stubs to expect)."""
+    from rgalign.serve.config import read_config
+
+    counts: Counter[str] = Counter()
+    for config_path in sorted(Path(repo).glob("*/config.pbtxt")):
+        try:
+            config = read_config(config_path)
+        except Exception:  # noqa: BLE001 - a model we cannot read is one we do not supervise
+            continue
+        if config.backend != "python":
+            continue
+        counts[config_path.parent.name] = sum(g.count or 1 for g in config.instance_group) or 1
+    return counts
+
+
 class Supervisor:
     """Watches ``server`` (started, ``model_control="explicit"``, restricted APIs opened by
     ``key``) and repairs it; `run` until stopped. Thread-safe entry points: `request_reload`,
@@ -146,8 +162,10 @@ class Supervisor:
     # -- checks ---------------------------------------------------------------------------------
 
     def baseline(self) -> Counter[str]:
-        """Record the stubs of a freshly ready server: what `dead_models` compares against."""
-        self.expected = stub_counts(self.server.shm_prefix)
+        """The stubs each python-backend model should have: its configured instance count, read
+        from ``REPO/<model>/config.pbtxt`` (what `dead_models` compares against). Counting live
+        stubs instead would be wrong during a reload, when old and new stubs overlap."""
+        self.expected = configured_stubs(self.server.model_repository)
         return self.expected
 
     def dead_models(self) -> list[str]:
@@ -184,6 +202,8 @@ class Supervisor:
             now = stub_counts(self.server.shm_prefix)
             if done(now):
                 return now
+            if self._stop.is_set():
+                raise ServeError(f"{what}: stopped while waiting for its stubs")
             if time.monotonic() > deadline:
                 raise ServeError(f"{what}: stubs not back within {self.options.load_timeout_s:.0f} s ({dict(now)})")
             time.sleep(0.02)
@@ -214,16 +234,7 @@ class Supervisor:
         seconds it took."""
         t0 = time.monotonic()
         self.admin.load(ENSEMBLE)
-        # old stubs exit after their replacements start: wait until the counts settle, so the
-        # new baseline counts each instance once
-        stable_since, last = time.monotonic(), stub_counts(self.server.shm_prefix)
-        deadline = time.monotonic() + self.options.load_timeout_s
-        while time.monotonic() - stable_since < 0.5 and time.monotonic() < deadline:
-            time.sleep(0.05)
-            now = stub_counts(self.server.shm_prefix)
-            if now != last:
-                stable_since, last = time.monotonic(), now
-        self.expected = last
+        self.baseline()  # the new configs' instance counts
         seconds = time.monotonic() - t0
         self._event(Event("reloaded", "", seconds))
         return seconds
