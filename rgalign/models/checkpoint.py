@@ -44,7 +44,22 @@ def read_checkpoint(directory: str | os.PathLike, kind: str) -> tuple[dict[str, 
         raise ConfigError(f"{os.fspath(directory)!r} holds a {meta.get('kind')!r} model, not a {kind!r}")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ConfigError(f"{kind} checkpoint format {meta.get('format_version')} is not {FORMAT_VERSION}")
-    return meta["config"], load_file(os.fspath(directory / "model.safetensors"))
+    return meta["config"], load_weights(directory / "model.safetensors")
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a missing, truncated or corrupt file is one ConfigError line
+    naming it (safetensors' own error is a bare ``SafetensorError`` without the path)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{os.fspath(path)} is missing; re-run the stage that writes it")
+    try:
+        return load_file(os.fspath(path))
+    except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, ...: one line naming the file
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(
+            f"{os.fspath(path)} is unreadable ({first}): truncated or corrupt; re-run the stage that writes it"
+        ) from None
 
 
 def config_from_dict(cls: type, d: dict[str, Any]) -> Any:
