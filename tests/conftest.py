@@ -66,3 +66,23 @@ def tiny_fp32_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     finally:
         torch.set_num_threads(threads)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_int8_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real fp32 + int8 export of `fakes.make_fake_run` (~10 s), for the batch-invariance and
+    reliability tests. Read-only."""
+    import torch
+
+    from fakes import make_fake_run
+    from rgalign.export import export_run
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        base = tmp_path_factory.mktemp("tiny_int8_export")
+        out = base / "export"
+        export_run(make_fake_run(base), out, precisions=("fp32", "int8"), exporter="legacy", fuse=False, threads=1)
+    finally:
+        torch.set_num_threads(threads)
+    return out

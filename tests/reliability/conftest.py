@@ -16,22 +16,9 @@ ADMIN_KEY = "reliability-test-key"
 
 
 @pytest.fixture(scope="session")
-def int8_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real fp32 + int8 export of `fakes.make_fake_run` (~10 s)."""
-    import torch
-
-    from fakes import make_fake_run
-    from rgalign.export import export_run
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        base = tmp_path_factory.mktemp("rel_export")
-        out = base / "export"
-        export_run(make_fake_run(base), out, precisions=("fp32", "int8"), exporter="legacy", fuse=False, threads=1)
-    finally:
-        torch.set_num_threads(threads)
-    return out
+def int8_export(tiny_int8_export: Path) -> Path:
+    """The session's fp32 + int8 export (tests/conftest.py)."""
+    return tiny_int8_export
 
 
 @pytest.fixture(scope="session")
