@@ -105,9 +105,14 @@ def invariant(runner: Runner, path: str | os.PathLike) -> Runner:
 
 
 def load_runner(
-    path: str | os.PathLike, providers: Sequence[Any] | None = None, threads: int | None = None
+    path: str | os.PathLike,
+    providers: Sequence[Any] | None = None,
+    threads: int | None = None,
+    batch_invariant: bool = True,
 ) -> Runner:
-    """An ONNX Runtime runner on ``path`` whose answers do not depend on batch mates."""
+    """An ONNX Runtime runner on ``path`` whose answers do not depend on batch mates
+    (``batch_invariant=False``: always batched, for measuring what invariance costs)."""
     from rgalign.export.runtime import OrtRunner
 
-    return invariant(OrtRunner.load(path, providers, threads), path)
+    runner = OrtRunner.load(path, providers, threads)
+    return invariant(runner, path) if batch_invariant else runner

@@ -73,6 +73,9 @@ class DeployOptions:
     - ``default_top_k=None``: the export's ``serving.topk`` (the K of the ranker graph).
     - ``max_item_bytes``, ``max_text_chars``: request limits checked before parsing and
       tokenization (`rgalign.inference.limits.RequestLimits`, where the defaults are explained).
+    - ``batch_invariant=True``: a dynamically quantized (int8) graph runs row by row, so an
+      answer never depends on batch mates (`rgalign.inference.batch_invariance`); False trades
+      that for the batching gain (measured in benchmarks/reliability.py).
     """
 
     backend: str = "python"
@@ -85,6 +88,7 @@ class DeployOptions:
     tensorrt_accelerator: bool = False
     max_item_bytes: int = RequestLimits.max_item_bytes
     max_text_chars: int = RequestLimits.max_text_chars
+    batch_invariant: bool = True
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -483,7 +487,7 @@ def deploy(
         say("preprocess")
         warm = _write_preprocess(tmp, export, manifest, sig, options)
         say(f"reasoner ({options.backend}, {options.precision})")
-        params = {"threads": str(options.threads)}
+        params = {"threads": str(options.threads), "batch_invariant": "1" if options.batch_invariant else "0"}
         _write_graph_model(
             tmp, "reasoner", sources["reasoner"], sig.reasoner_inputs, sig.reasoner_outputs,
             {"input_ids": warm["input_ids"], "attention_mask": warm["attention_mask"]}, options,

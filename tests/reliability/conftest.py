@@ -53,7 +53,7 @@ class Served:
         return self.server.http_url
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def served(int8_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """`int8_repo` served as `rgalign serve` serves it: explicit model control, restricted admin
     APIs (key `ADMIN_KEY`), supervised (fast polling)."""

@@ -74,8 +74,10 @@ def load_runner(args: Mapping[str, str]) -> Runner:
     (0: ONNX Runtime's default, one per core); row by row when the graph is batch dependent."""
     from rgalign.inference.batch_invariance import load_runner as load_invariant
 
-    threads = int_parameter(model_parameters(args), "threads", 0)
-    return load_invariant(version_dir(args) / "model.onnx", threads=threads or None)
+    params = model_parameters(args)
+    threads = int_parameter(params, "threads", 0)
+    invariant = int_parameter(params, "batch_invariant", 1) != 0
+    return load_invariant(version_dir(args) / "model.onnx", threads=threads or None, batch_invariant=invariant)
 
 
 class TritonPythonModel:
