@@ -156,7 +156,11 @@ def run_recovery(export: Path, work: Path, clients: int) -> dict:
             results[model] = {
                 "first_success_after_kill_s": round(min((e for s, e, ok in after if ok), default=float("nan")), 3),
                 "last_failure_after_kill_s": round(max((e - killed for s, e, ok in log if not ok), default=0.0), 3),
-                "requests_lost": sum(1 for *_x, ok in log if not ok),
+                # failed requests sent before the kill: in flight (or queued) when the stub died
+                "lost_in_flight": sum(1 for s, _e, ok in log if not ok and s < killed),
+                # failed requests sent after it: refused at once while the model reloaded (the
+                # clients retry immediately, so this counts attempts, not users)
+                "refused_while_reloading": sum(1 for s, _e, ok in log if not ok and s >= killed),
                 "requests_total": len(log),
                 "not_ready_from_s": round(min(not_ready), 3) if not_ready else None,
                 "not_ready_to_s": round(max(not_ready), 3) if not_ready else None,

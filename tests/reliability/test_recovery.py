@@ -71,3 +71,25 @@ def test_killed_stub_is_recovered_under_load(served, records, model):
     assert len(lost) <= 4 * CLIENTS, len(lost)
     kinds = [e.kind for e in served.supervisor.events[events_before:]]
     assert "stub-died" in kinds and "recovered" in kinds, kinds
+
+
+def test_killed_server_is_restarted(served, records):
+    """kill -9 of tritonserver itself: the supervisor restarts it (Triton cannot); ready again
+    within RECOVERY_BOUND_S plus a server start. Runs last in this file: the ports may change."""
+    server = served.server
+    n_events = len(served.supervisor.events)
+    old_pid = server.pid
+    killed = time.monotonic()
+    os.kill(old_pid, signal.SIGKILL)
+    deadline = killed + RECOVERY_BOUND_S + 60
+    while time.monotonic() < deadline:
+        kinds = [e.kind for e in served.supervisor.events[n_events:]]
+        if "server-restarted" in kinds and server.is_ready():
+            break
+        time.sleep(0.1)
+    kinds = [e.kind for e in served.supervisor.events[n_events:]]
+    assert kinds[:2] == ["server-died", "server-restarted"], kinds
+    assert server.pid != old_pid and server.is_ready()
+    c = http_client(server.http_url)
+    assert infer_raw(c, [json.dumps(records[0]).encode()]).ok
+    c.close()
