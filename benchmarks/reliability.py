@@ -9,7 +9,10 @@
   not-ready, the supervisor's reload time;
 - ``invariance``: what row-wise int8 costs: served throughput at 8 clients and batch-1 latency
   with ``batch_invariant`` on and off, and top-K changes alone vs batched;
-- ``drain``: SIGTERM semantics are covered by tests/reliability/test_operations.py.
+- ``huge``: one request with a 20 MB text field among 4 clients of small requests: its 400 and
+  the slowest small request meanwhile;
+- ``drain``: ``rgalign serve`` (a subprocess) under 8 clients of batch 16 gets SIGTERM: requests
+  completed after the signal, refused (404) and failed otherwise, seconds to exit.
 
 Usage (the export defaults to the test suite's tiny fp32 + int8 export, built in ~10 s):
 
@@ -89,17 +92,26 @@ class Served:
         self.server.stop()
 
 
-def run_soak(export: Path, work: Path, seconds: float, clients: int) -> dict:
+# A good answer "differs" when its top-K ids differ or a score moves by more than this: int8 runs
+# row-wise, so bit-identical; fp32 runs batched, where left padding and the batch shape move
+# scores by ~1e-7 (its export gate allows 1e-4 against PyTorch).
+SOAK_ATOL = {"int8": 0.0, "fp32": 1e-5}
+
+
+def run_soak(export: Path, work: Path, seconds: float, clients: int, precisions: list[str]) -> dict:
     from rgalign.bench.soak import reference_answers, soak
 
     records = records_of()
     out = {}
-    for precision in ("int8", "fp32"):
+    for precision in precisions:
         served = Served(export, precision, work)
         try:
             alone = reference_answers(served.url, records)
-            report = soak(served.url, records, alone, clients=clients, seconds=seconds, bad_fraction=0.2, atol=0.0)
-            out[precision] = report.to_dict()
+            report = soak(
+                served.url, records, alone, clients=clients, seconds=seconds, bad_fraction=0.2,
+                atol=SOAK_ATOL[precision],
+            )
+            out[precision] = {**report.to_dict(), "atol": SOAK_ATOL[precision]}
             print(f"soak {precision}: good {report.good_sent} (failed {report.good_failed}, changed "
                   f"{report.good_changed}), bad {report.bad_sent} (wrong {report.bad_wrong}), "
                   f"{report.throughput:.0f} req/s, good p99 {report.good_p99_ms:.1f} ms", flush=True)
@@ -241,12 +253,127 @@ def run_invariance(export: Path, work: Path, seconds: float, clients: int) -> di
     return out
 
 
+def run_huge(export: Path, work: Path) -> dict:
+    from rgalign.bench.soak import http_client, infer_raw
+
+    records = records_of()
+    served = Served(export, "int8", work)
+    try:
+        huge = dict(records[0])
+        field = next(k for k, v in huge.items() if isinstance(v, str) and " " in v)
+        huge[field] = "x" * 20_000_000
+        small: list[float] = []
+        stop = threading.Event()
+
+        def smalls(cid: int) -> None:
+            c = http_client(served.url)
+            i = cid
+            while not stop.is_set():
+                small.append(infer_raw(c, [json.dumps(records[i % len(records)]).encode()]).seconds)
+                i += 4
+            c.close()
+
+        ts = [threading.Thread(target=smalls, args=(c,)) for c in range(4)]
+        for t in ts:
+            t.start()
+        time.sleep(2.0)
+        n0 = len(small)
+        c = http_client(served.url)
+        reply = infer_raw(c, [json.dumps(huge).encode()])
+        c.close()
+        time.sleep(0.5)
+        stop.set()
+        for t in ts:
+            t.join()
+        during = small[n0:]
+        out = {
+            "huge_status": reply.status,
+            "huge_message": reply.message,
+            "huge_seconds": round(reply.seconds, 3),
+            "small_requests_meanwhile": len(during),
+            "small_max_ms_meanwhile": round(max(during) * 1e3, 1),
+            "small_max_ms_before": round(max(small[:n0]) * 1e3, 1),
+        }
+        print(f"huge: {out}", flush=True)
+        return out
+    finally:
+        served.close()
+
+
+def run_drain(export: Path, work: Path, clients: int) -> dict:
+    import re
+    import subprocess
+
+    from rgalign.bench.soak import http_client, infer_raw
+    from rgalign.serve.deploy import DeployOptions, deploy
+
+    records = records_of()
+    repo = work / "drain-repo"
+    deploy(export, repo, DeployOptions(precision="int8", max_batch=16, threads=1))
+    out_file = work / "drain-serve.out"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    with open(out_file, "wb") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rgalign", "serve", str(repo), "--http-port", "0", "--grpc-port", "0",
+             "--metrics-port", "0"], stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )  # fmt: skip
+    url = None
+    while url is None:
+        if proc.poll() is not None:
+            raise SystemExit(out_file.read_text())
+        m = re.search(r"HTTP\s+(http://[\d.:]+)", out_file.read_text())
+        url = m.group(1) if m else None
+        time.sleep(0.2)
+    items = [json.dumps(r).encode() for r in records[:16]]
+    replies: list[tuple[float, float, str]] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        c = http_client(url, timeout=30)
+        while not stop.is_set():
+            t0 = time.monotonic()
+            r = infer_raw(c, items)
+            replies.append((t0, time.monotonic(), r.status))
+            if r.status != "200":
+                time.sleep(0.05)
+        c.close()
+
+    ts = [threading.Thread(target=client) for _ in range(clients)]
+    for t in ts:
+        t.start()
+    time.sleep(3.0)
+    sig_at = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=120)
+    exit_s = time.monotonic() - sig_at
+    stop.set()
+    for t in ts:
+        t.join()
+    in_flight = [r for r in replies if r[0] < sig_at <= r[1]]
+    out = {
+        "clients": clients,
+        "batch": 16,
+        "exit_code": code,
+        "seconds_to_exit": round(exit_s, 2),
+        "in_flight_at_sigterm": len(in_flight),
+        "in_flight_completed": sum(1 for r in in_flight if r[2] == "200"),
+        "completed_after_sigterm": sum(1 for r in replies if r[1] >= sig_at and r[2] == "200"),
+        "refused_404_after_sigterm": sum(1 for r in replies if r[1] >= sig_at and r[2] == "404"),
+        "failed_otherwise": sorted({r[2] for r in replies if r[2] not in ("200", "404")}),
+        "failed_otherwise_count": sum(1 for r in replies if r[2] not in ("200", "404")),
+        "supervisor_lines": [l for l in out_file.read_text().splitlines() if "supervisor" in l or "stopped" in l],
+    }
+    print(f"drain: {out}", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("parts", nargs="*", default=["soak", "recovery", "invariance"])
     ap.add_argument("--export", type=Path)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--precisions", default="int8,fp32", help="soak: the deployments to soak")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "reliability.json")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="rgalign-reliability-") as tmp:
@@ -258,9 +385,15 @@ def main() -> None:
         for part in args.parts:
             t0 = time.time()
             if part == "soak":
-                result["soak"] = run_soak(export, work, args.seconds, args.clients)
+                result.setdefault("soak", {}).update(
+                    run_soak(export, work, args.seconds, args.clients, args.precisions.split(","))
+                )
             elif part == "recovery":
                 result["recovery"] = run_recovery(export, work, args.clients)
+            elif part == "huge":
+                result["huge"] = run_huge(export, work)
+            elif part == "drain":
+                result["drain"] = run_drain(export, work, args.clients)
             elif part == "invariance":
                 result["invariance"] = run_invariance(export, work, min(args.seconds, 20.0), args.clients)
             else:

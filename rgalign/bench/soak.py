@@ -155,7 +155,8 @@ class SoakReport:
     bad_fraction: float
     good_sent: int = 0
     good_failed: int = 0
-    good_changed: int = 0
+    good_changed: int = 0  # top-K ids differ, or a score by more than atol
+    good_ids_changed: int = 0  # top-K ids differ
     bad_sent: int = 0
     bad_wrong: int = 0
     bad_kinds: dict[str, int] = field(default_factory=dict)
@@ -227,6 +228,7 @@ def soak(
                         continue
                     diff = float(np.max(np.abs(np.subtract(reply.scores, ref.scores)))) if ref.scores else 0.0
                     report.max_score_diff = max(report.max_score_diff, diff)
+                    report.good_ids_changed += reply.intent_ids != ref.intent_ids
                     if reply.intent_ids != ref.intent_ids or diff > atol:
                         report.good_changed += 1
                         report.problems.append(f"good #{i} changed: {reply.intent_ids} vs {ref.intent_ids} (diff {diff:.2e})")
