@@ -109,14 +109,12 @@ def serve_cmd(
     from rgalign.serve.admin import KEY_FILE, redact, restricted_args
     from rgalign.serve.admin import admin_key as make_key
     from rgalign.serve.deploy import check_servable
-    from rgalign.serve.live import refuse_unless_forced
     from rgalign.serve.server import TritonServer, find_tritonserver, is_wheel_tritonserver
     from rgalign.serve.supervisor import SupervisorOptions, serve
 
     if not repo.is_dir():
         raise ConfigError(f"model repository {repo} does not exist; run `rgalign deploy EXPORT --out {repo}`")
     check_servable(repo, is_wheel_tritonserver(find_tritonserver(tritonserver)))
-    refuse_unless_forced(repo, force=False)  # two servers on one repository: one would be stale
     log_path = log_file if log_file is not None else repo / "tritonserver.log"  # ignored by Triton
     key_file = log_path.parent / KEY_FILE
     key = make_key(admin_key, key_file)

@@ -146,7 +146,7 @@ def check_record(
                 raise RequestError(f"features[{i}]: categorical feature '{name}' must be finite, got {v!r}")
         else:
             raise RequestError(
-                f"features[{i}]: feature '{name}' must be a string, a number or null, got {_kind(v)}"
+                f"features[{i}]: feature '{name}' must be a string or a number (or null), got {_kind(v)}"
             )
 
 

@@ -6,7 +6,7 @@ was served (issue 16). Now:
 
 - `servers_of(repo)`: the ``tritonserver`` processes whose ``--model-repository`` is ``repo``
   (read from ``/proc``; any server, started by ``rgalign serve`` or not), and the
-  ``REPO/.rgalign-serve.json`` that ``rgalign serve`` keeps;
+  ``REPO/.rgalign-serve.<pid>.json`` that each ``rgalign serve`` of it keeps;
 - `deploy` refuses (`ServeError`) when a server is found, unless ``force``;
 - with ``force``, the serve's files (log, admin key, state) are carried into the new folder
   (`RUNTIME_FILES`: the open log keeps its inode), and `request_reload` sends SIGHUP to the
@@ -30,9 +30,14 @@ from rgalign.io import read_json
 from rgalign.serve.admin import KEY_FILE
 from rgalign.serve.server import _proc_entries
 
-STATE_FILE = ".rgalign-serve.json"
+STATE_PATTERN = ".rgalign-serve.*.json"
 # Files of a running serve that live in the repository root and must survive a forced deploy.
-RUNTIME_FILES = ("tritonserver.log", KEY_FILE, STATE_FILE)
+RUNTIME_FILES = ("tritonserver.log", KEY_FILE, STATE_PATTERN)
+
+
+def state_file(repo: Path, pid: int | None = None) -> Path:
+    """Where the ``rgalign serve`` of pid ``pid`` (this process by default) records itself."""
+    return Path(repo) / STATE_PATTERN.replace("*", str(pid if pid is not None else os.getpid()))
 
 
 @dataclass(frozen=True)
@@ -62,21 +67,23 @@ def _alive(pid: int | None) -> bool:
     return True
 
 
-def read_state(repo: Path) -> dict[str, Any] | None:
-    path = repo / STATE_FILE
-    if not path.is_file():
-        return None
-    try:
-        state = read_json(path)
-    except (OSError, ValueError):
-        return None
-    return state if _alive(state.get("pid")) else None
+def read_states(repo: Path) -> dict[int, dict[str, Any]]:
+    """The live ``rgalign serve`` records of ``repo``, by their tritonserver's pid."""
+    states = {}
+    for path in Path(repo).glob(STATE_PATTERN):
+        try:
+            state = read_json(path)
+        except (OSError, ValueError):
+            continue
+        if _alive(state.get("pid")) and state.get("server_pid"):
+            states[int(state["server_pid"])] = state
+    return states
 
 
 def servers_of(repo: str | os.PathLike) -> list[LiveServer]:
     """Running tritonservers whose model repository is ``repo``."""
     target = Path(repo).resolve()
-    state = read_state(target)
+    states = read_states(target)
     found = []
     for pid, _group, cmdline in _proc_entries():
         args = cmdline.split(" ")
@@ -87,10 +94,8 @@ def servers_of(repo: str | os.PathLike) -> list[LiveServer]:
             if arg.startswith("--model-repository="):
                 value = arg.split("=", 1)[1]
             if value and Path(value).resolve() == target:
-                mine = state is not None and state.get("server_pid") == pid
-                found.append(
-                    LiveServer(pid, state.get("pid") if mine else None, state.get("http_url") if mine else None)
-                )
+                state = states.get(pid, {})
+                found.append(LiveServer(pid, state.get("pid"), state.get("http_url")))
                 break
     return found
 
@@ -109,10 +114,10 @@ def refuse_unless_forced(repo: str | os.PathLike, force: bool) -> list[LiveServe
 
 def carry_runtime_files(old: Path, new: Path) -> None:
     """Move the running serve's files from the old repository folder into the new one."""
-    for name in RUNTIME_FILES:
-        src = old / name
-        if src.is_file() and not (new / name).exists():
-            os.replace(src, new / name)
+    for pattern in RUNTIME_FILES:
+        for src in old.glob(pattern):
+            if src.is_file() and not (new / src.name).exists():
+                os.replace(src, new / src.name)
 
 
 def request_reload(repo: str | os.PathLike, live: list[LiveServer], timeout: float = 120.0) -> str:
@@ -132,7 +137,7 @@ def request_reload(repo: str | os.PathLike, live: list[LiveServer], timeout: flo
         os.kill(server.serve_pid, signal.SIGHUP)
         t0 = time.monotonic()
         while True:
-            state = read_state(repo) or {}
+            state = read_states(repo).get(server.server_pid, {})
             if want is not None and state.get("deploy_mtime_ns") == want:
                 break
             if not _alive(server.serve_pid):

@@ -22,8 +22,9 @@ lets in-flight requests finish while every new request gets 404 at once, waits f
 (bounded by ``drain_timeout_s``), then the server is stopped.
 
 Events (a stub died, a model recovered, the server restarted, a drain) go to the log and to an
-``on_event`` callback with their timings; ``REPO/.rgalign-serve.json`` tells other commands
-(``deploy``) that the repository is being served, by whom, and which deployment is loaded.
+``on_event`` callback with their timings; the state file tells other commands
+(``deploy``) that the repository is being served, by whom, and which deployment is loaded
+(``REPO/.rgalign-serve.<pid>.json``, one per serve).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from typing import Any
 from rgalign.errors import ServeError
 from rgalign.io import write_json_atomic
 from rgalign.serve.admin import AdminClient
-from rgalign.serve.live import STATE_FILE
+from rgalign.serve.live import state_file
 from rgalign.serve.server import TritonServer, _proc_entries, _read_tail
 
 LOG = logging.getLogger(__name__)
@@ -308,7 +309,7 @@ class Supervisor:
 
 
 def write_state(repo: Path, server: TritonServer, key_file: Path | None) -> Path:
-    """``REPO/.rgalign-serve.json``: who serves this repository (see `rgalign.serve.live`)."""
+    """``REPO/.rgalign-serve.<pid>.json``: who serves this repository (see `rgalign.serve.live`)."""
     deploy_json = repo / "deploy.json"
     state = {
         "pid": os.getpid(),
@@ -319,7 +320,7 @@ def write_state(repo: Path, server: TritonServer, key_file: Path | None) -> Path
         "deploy_mtime_ns": deploy_json.stat().st_mtime_ns if deploy_json.is_file() else None,
         "updated": time.time(),
     }
-    path = repo / STATE_FILE
+    path = state_file(repo)
     write_json_atomic(path, state)
     return path
 
@@ -351,7 +352,7 @@ def serve(
     if threading.current_thread() is threading.main_thread():
         for sig, handler in ((signal.SIGINT, on_stop), (signal.SIGTERM, on_stop), (signal.SIGHUP, on_hup)):
             previous[sig] = signal.signal(sig, handler)
-    state_path = repo / STATE_FILE
+    state_path = state_file(repo)
     try:
         if not server.is_running():
             server.start(timeout=start_timeout)

@@ -45,7 +45,7 @@ def test_decode_item_ignores_brackets_inside_strings():
         ("y" * 101, "101 characters, over the limit of 100"),
         (10**400, "out of the int64 range"),
         (float("inf"), "must be finite"),
-        ({"a": 1}, "must be a string, a number or null, got dict"),
+        ({"a": 1}, "must be a string or a number \\(or null\\), got dict"),
         ([1], "got list"),
     ],
 )
