@@ -67,10 +67,10 @@ class Served:
     """Deploy ``export`` at ``precision`` and serve it supervised, as `rgalign serve` does."""
 
     def __init__(self, export: Path, precision: str, work: Path, **deploy_kw) -> None:
-        from rgalign.serve.admin import restricted_args
-        from rgalign.serve.deploy import DeployOptions, deploy
+        from rgalign.serve.server.admin import restricted_args
+        from rgalign.serve.repository.deploy import DeployOptions, deploy
         from rgalign.serve.server import TritonServer
-        from rgalign.serve.supervisor import Supervisor, SupervisorOptions
+        from rgalign.serve.server.supervisor import Supervisor, SupervisorOptions
 
         repo = work / f"repo-{precision}-{len(list(work.iterdir()))}"
         deploy(export, repo, DeployOptions(precision=precision, max_batch=16, threads=1, **deploy_kw))
@@ -122,7 +122,7 @@ def run_soak(export: Path, work: Path, seconds: float, clients: int, precisions:
 
 def run_recovery(export: Path, work: Path, clients: int) -> dict:
     from rgalign.bench.soak import http_client, infer_raw
-    from rgalign.serve.server import _proc_entries
+    from rgalign.serve.server.supervisor import stub_pids
 
     records = records_of()
     served = Served(export, "int8", work)
@@ -148,7 +148,7 @@ def run_recovery(export: Path, work: Path, clients: int) -> dict:
                 t.start()
             time.sleep(3.0)
             n_events = len(served.supervisor.events)
-            pid = next(p for p, _g, c in _proc_entries() if server.shm_prefix in c and f"/{model}/1/model.py" in c)
+            pid = stub_pids(server.shm_prefix, model)[0]
             killed = time.monotonic()
             os.kill(pid, signal.SIGKILL)
             trace = []
@@ -305,7 +305,7 @@ def run_drain(export: Path, work: Path, clients: int) -> dict:
     import subprocess
 
     from rgalign.bench.soak import http_client, infer_raw
-    from rgalign.serve.deploy import DeployOptions, deploy
+    from rgalign.serve.repository.deploy import DeployOptions, deploy
 
     records = records_of()
     repo = work / "drain-repo"

@@ -31,15 +31,13 @@ import numpy as np
 
 
 def load_records(export: Path, n: int) -> list[dict]:
+    from rgalign.artifacts.manifest import read_manifest
     from rgalign.data.encoders import FeatureEncoders
-    from rgalign.data.loader import load_dataset
-    from rgalign.data.requests import build_requests
-    from rgalign.export.pipeline import read_manifest
+    from rgalign.inference.records import dataset_records
 
     manifest = read_manifest(export)
-    ds = load_dataset(manifest["source"]["data"]["path"])
     enc = FeatureEncoders.from_json(export / manifest["serving"]["encoders"])
-    raw = build_requests(ds, enc, "test").raw
+    raw = dataset_records(manifest["source"]["data"]["path"], enc, limit=None)
     return [raw[i % len(raw)] for i in range(n)]
 
 
@@ -109,9 +107,9 @@ def throughput(url: str, records: list[dict], concurrency: int, seconds: float) 
 
 
 def run_precision(export: Path, precision: str, records: list[dict], seconds: float, threads: int) -> dict:
-    from rgalign.export import Pipeline
+    from rgalign.inference.pipeline import Pipeline
     from rgalign.serve.client import RgalignClient
-    from rgalign.serve.deploy import DeployOptions, deploy
+    from rgalign.serve.repository.deploy import DeployOptions, deploy
     from rgalign.serve.server import TritonServer
 
     result: dict = {"precision": precision}
@@ -190,7 +188,7 @@ def main() -> None:
         "export": str(args.export.resolve()),
         "results": results,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "note": "batch 1, k=3; one machine, one run; in-process = rgalign.export.Pipeline (ONNX Runtime)",
+        "note": "batch 1, k=3; one machine, one run; in-process = rgalign.inference.Pipeline (ONNX Runtime)",
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

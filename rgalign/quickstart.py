@@ -15,11 +15,11 @@ Returns the paths and the figures the summary table prints.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rgalign.progress import Log
 from rgalign.training.config import (
     CalibrateConfig, DPOConfig, RankerStageConfig, RGCLConfig, RGSFTConfig, TrainConfig, WarmupConfig,
 )
@@ -39,7 +39,6 @@ QUICKSTART_TRAIN = TrainConfig(
 QUICKSTART_PRECISION = "int8"
 QUICKSTART_QUERIES = 3
 
-Log = Callable[[str], None]
 
 
 @dataclass
@@ -61,9 +60,8 @@ class QuickstartResult:
 def export_is_current(run: Path, export: Path) -> bool:
     """Whether ``export`` was made from the deployable models ``run`` has now (same files, same
     bytes), so the quickstart can reuse it."""
-    from rgalign.export.source import sha256_file
+    from rgalign.artifacts.run import RunDir, final_models, sha256_file
     from rgalign.io import read_json
-    from rgalign.training.run import RunDir, final_models
 
     manifest = export / "manifest.json"
     if not manifest.is_file():
@@ -82,13 +80,9 @@ def export_is_current(run: Path, export: Path) -> bool:
 
 def sample_records(data: Path, n: int) -> list[dict[str, Any]]:
     """The raw feature dicts of the first ``n`` test requests (what a client sends)."""
-    from rgalign.data.encoders import FeatureEncoders
-    from rgalign.data.loader import load_dataset
-    from rgalign.data.requests import build_requests
+    from rgalign.inference.records import dataset_records
 
-    ds = load_dataset(data)
-    test = build_requests(ds, FeatureEncoders.fit(ds), "test")
-    return [dict(r) for r in test.raw[:n]]
+    return dataset_records(data, limit=n)
 
 
 def quickstart(
@@ -157,7 +151,7 @@ def _export(res: QuickstartResult, precision: str, log: Log) -> tuple[list[dict[
 
 
 def _deploy(res: QuickstartResult, precision: str, log: Log) -> None:
-    from rgalign.serve.deploy import DeployOptions, deploy
+    from rgalign.serve.repository.deploy import DeployOptions, deploy
 
     deploy(res.export, res.repo, DeployOptions(backend="python", precision=precision))
     log(f"deploy: wrote {res.repo} (python backend, {precision})")
@@ -193,7 +187,7 @@ def _serve_query_bench(res: QuickstartResult, precision: str, log: Log) -> None:
         ]
         log(f"query: {len(ranked)} requests answered by the ensemble")
         bench = run_bench(res.export, res.bench, url=server.http_address, grpc_url=server.grpc_url, quick=True, precision=precision,
-                          progress=lambda m: None)
+                          progress=lambda *_: None)
         res.ratios = bench.get("ratios", {})
         log(f"bench: wrote {res.bench}/bench.json, bench.md, bench.png")
     finally:

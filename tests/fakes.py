@@ -24,7 +24,7 @@ def make_fake_run(tmp_path: Path, seed: int = 0) -> Path:
     from rgalign.models.prompt import PromptFields, build_prompt
     from rgalign.models.qe_ranker import QERanker, QERankerConfig
     from rgalign.models.reasoner import Reasoner
-    from rgalign.models.tiny import tiny_reasoner_config
+    from tiny import tiny_reasoner_config
     from rgalign.models.tokenizer import train_tokenizer
 
     data = synthesize(tmp_path / "data", **TINY_DATA)
@@ -36,7 +36,7 @@ def make_fake_run(tmp_path: Path, seed: int = 0) -> Path:
     tok = train_tokenizer(prompts + ds.intent_texts * 4, vocab_size=512)
 
     reasoner = Reasoner(tiny_reasoner_config(seed=seed), tok).eval()
-    # tiny_qe_ranker's cardinalities are those of rgalign.models.tiny's requests, not this
+    # tiny_qe_ranker's cardinalities are those of tests/tiny.py's requests, not this
     # dataset's: size the ranker from the encoders, with tiny's other dimensions
     ranker = QERanker(QERankerConfig(
         cardinalities=tuple(enc.cardinalities), n_numeric=len(enc.numeric_fields), n_intents=enc.num_intents,

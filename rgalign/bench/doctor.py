@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from typing import Any
 
+from rgalign.progress import first_line
+
 OK, MISSING, FALLBACK, BROKEN = "OK", "MISSING", "FALLBACK", "BROKEN"
 
 
@@ -40,11 +42,6 @@ class Check:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
 
 
 def _version(dist: str) -> str | None:
@@ -83,10 +80,10 @@ def check_package(module: str, dist: str, required: bool, fix: str) -> Check:
         importlib.import_module(module)
     except ImportError as e:
         status = MISSING if version is None else BROKEN
-        return Check(module, status, "not installed" if version is None else f"{version} fails to import: {_first_line(e)}",
+        return Check(module, status, "not installed" if version is None else f"{version} fails to import: {first_line(e, typed=True, limit=200)}",
                      fix, required)
     except Exception as e:  # noqa: BLE001 - a package that crashes on import is broken, not missing
-        return Check(module, BROKEN, f"{version}: import fails: {_first_line(e)}", fix, required)
+        return Check(module, BROKEN, f"{version}: import fails: {first_line(e, typed=True, limit=200)}", fix, required)
     return Check(module, OK, version or "installed", required=required)
 
 
@@ -118,7 +115,7 @@ def check_providers() -> list[Check]:
         import numpy as np
         import onnxruntime as ort
     except Exception as e:  # noqa: BLE001
-        return [Check("onnxruntime providers", BROKEN, _first_line(e), "pip install -e .", required=True)]
+        return [Check("onnxruntime providers", BROKEN, first_line(e, typed=True, limit=200), "pip install -e .", required=True)]
     model = _tiny_graph()
     out = []
     for provider in ort.get_available_providers():
@@ -133,7 +130,7 @@ def check_providers() -> list[Check]:
             y = sess.run(None, {"x": np.ones((1, 4), np.float32)})[0]
             used = sess.get_providers()
         except Exception as e:  # noqa: BLE001
-            out.append(Check(f"ORT {provider}", BROKEN, _first_line(e), fix, required))
+            out.append(Check(f"ORT {provider}", BROKEN, first_line(e, typed=True, limit=200), fix, required))
             continue
         if provider not in used:
             out.append(Check(f"ORT {provider}", FALLBACK, f"listed, but the session runs on {', '.join(used)}",
@@ -152,7 +149,7 @@ def check_gpu() -> Check:
     try:
         import torch
     except Exception as e:  # noqa: BLE001
-        return Check("GPU (torch.cuda)", BROKEN, _first_line(e), "pip install -e .")
+        return Check("GPU (torch.cuda)", BROKEN, first_line(e, typed=True, limit=200), "pip install -e .")
     if not torch.cuda.is_available():
         build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
         return Check("GPU (torch.cuda)", MISSING, f"torch {torch.__version__} ({build}) sees no CUDA GPU",
@@ -161,7 +158,7 @@ def check_gpu() -> Check:
         x = torch.ones(4, device="cuda")
         ok = float((x * 2).sum().item()) == 8.0
     except Exception as e:  # noqa: BLE001
-        return Check("GPU (torch.cuda)", BROKEN, _first_line(e), "check the NVIDIA driver (nvidia-smi)")
+        return Check("GPU (torch.cuda)", BROKEN, first_line(e, typed=True, limit=200), "check the NVIDIA driver (nvidia-smi)")
     name = torch.cuda.get_device_name(0)
     return Check("GPU (torch.cuda)", OK if ok else BROKEN,
                  f"{torch.cuda.device_count()} x {name}, CUDA {torch.version.cuda}")
@@ -174,11 +171,11 @@ def check_tensorrt() -> Check:
     except ImportError:
         return Check("TensorRT", MISSING, "the tensorrt package is not installed", fix)
     except Exception as e:  # noqa: BLE001
-        return Check("TensorRT", BROKEN, _first_line(e), fix)
+        return Check("TensorRT", BROKEN, first_line(e, typed=True, limit=200), fix)
     try:
         tensorrt.Builder(tensorrt.Logger(tensorrt.Logger.ERROR))
     except Exception as e:  # noqa: BLE001 - the stub wheel imports but cannot build
-        return Check("TensorRT", BROKEN, f"{tensorrt.__version__}: cannot create a builder: {_first_line(e)}",
+        return Check("TensorRT", BROKEN, f"{tensorrt.__version__}: cannot create a builder: {first_line(e, typed=True, limit=200)}",
                      "needs a CUDA GPU and the TensorRT libraries")
     return Check("TensorRT", OK, f"{tensorrt.__version__}: builder created")
 
@@ -197,16 +194,16 @@ def check_tritonserver() -> Check:
     try:
         from rgalign.serve.server import find_tritonserver, prepare_python_backend, server_env
     except Exception as e:  # noqa: BLE001
-        return Check("tritonserver", MISSING, f"serving code unavailable: {_first_line(e)}", fix)
+        return Check("tritonserver", MISSING, f"serving code unavailable: {first_line(e, typed=True, limit=200)}", fix)
     try:
         binary = find_tritonserver(None)
     except Exception as e:  # noqa: BLE001
-        return Check("tritonserver", MISSING, _first_line(e), fix)
+        return Check("tritonserver", MISSING, first_line(e, typed=True, limit=200), fix)
     try:
         proc = subprocess.run([os.fspath(binary), "--help"], env=server_env(binary), capture_output=True,
                               text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired) as e:
-        return Check("tritonserver", BROKEN, f"{binary}: {_first_line(e)}", fix)
+        return Check("tritonserver", BROKEN, f"{binary}: {first_line(e, typed=True, limit=200)}", fix)
     if "Usage: tritonserver" not in (proc.stdout + proc.stderr):
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
         return Check("tritonserver", BROKEN, f"{binary} does not run: {tail[0][:200]}", fix)
@@ -215,7 +212,7 @@ def check_tritonserver() -> Check:
             prepare_python_backend(tmp)  # the stub for this Python exists and copies: then serve can
     except Exception as e:  # noqa: BLE001
         return Check("tritonserver", BROKEN, f"{binary} runs, but the python backend cannot be prepared: "
-                     f"{_first_line(e)}", fix)
+                     f"{first_line(e, typed=True, limit=200)}", fix)
     return Check("tritonserver", OK, f"{binary} runs; python backend stub for Python "
                  f"{sys.version_info.major}.{sys.version_info.minor} available")
 
@@ -229,7 +226,7 @@ def check_perf_analyzer() -> Check:
     try:
         proc = subprocess.run([os.fspath(binary), "--help"], env=_pa_env(), capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired) as e:
-        return Check("perf_analyzer", BROKEN, f"{binary}: {_first_line(e)}", "use a Triton SDK container")
+        return Check("perf_analyzer", BROKEN, f"{binary}: {first_line(e, typed=True, limit=200)}", "use a Triton SDK container")
     text = proc.stdout + proc.stderr
     if "perf_analyzer" not in text and "Usage" not in text:
         return Check("perf_analyzer", BROKEN, f"{binary} does not run: {text.strip()[:200]}",
@@ -268,6 +265,6 @@ def run_doctor() -> Doctor:
         try:
             got = check()
         except Exception as e:  # noqa: BLE001 - a check that crashes is reported, the others still run
-            got = Check(getattr(check, "__name__", "check"), BROKEN, _first_line(e))
+            got = Check(getattr(check, "__name__", "check"), BROKEN, first_line(e, typed=True, limit=200))
         out.extend(got if isinstance(got, list) else [got])
     return Doctor(tuple(out))

@@ -1,6 +1,6 @@
 """In-process benchmarks: every engine on the reasoner, the ranker and the whole pipeline.
 
-Engines (each a runner ``feeds -> outputs``, see `rgalign.export.runtime`):
+Engines (each a runner ``feeds -> outputs``, see `rgalign.inference.runtime`):
 
     pytorch-eager          the PyTorch models of the run (the reference every gate compares to)
     pytorch-compile        the same under ``torch.compile`` (inductor); a failure is recorded
@@ -32,11 +32,11 @@ from typing import Any
 from rgalign.bench.inputs import ranker_feeds, reasoner_feeds, take
 from rgalign.bench.target import Target
 from rgalign.bench.timing import Budget, time_calls
+from rgalign.progress import FAIL, OK, SKIPPED, Progress, first_line, step_announcer
 
-OK, FAIL, SKIPPED = "OK", "FAIL", "SKIPPED"
+
 MODELS = ("reasoner", "ranker", "pipeline")
 
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -51,11 +51,6 @@ class Shapes:
     @classmethod
     def quick(cls) -> Shapes:
         return cls(batches=(1, 8), seqs=(64,))
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
 
 
 def gpu_missing() -> str | None:
@@ -92,7 +87,7 @@ class InProcessBench:
         self.budget = budget
         self.threads = tuple(threads)  # most first: torch.compile runs at the first only
         self.compile = compile
-        self.progress = progress or (lambda msg: None)
+        self.say = step_announcer(progress)
         self.rows: list[dict[str, Any]] = []
         self._threads_now = self.threads[0]
         max_len = target.pre.max_len if target.pre is not None else max(shapes.seqs)
@@ -114,14 +109,14 @@ class InProcessBench:
 
     def _time(self, model: str, engine: str, device: str, batch: int, seq: int | None,
               fn: Callable[[], Any], **extra: Any) -> None:
-        self.progress(f"{model} {engine} {device} batch {batch}" + (f" x {seq} tokens" if seq else ""))
+        self.say(f"{model} {engine} {device} batch {batch}" + (f" x {seq} tokens" if seq else ""))
         try:
             t0 = time.perf_counter()
             fn()  # the first call apart: it pays compilation / session warm-up, reported as such
             first = time.perf_counter() - t0
             timing = time_calls(fn, batch, self.budget)
         except Exception as e:  # noqa: BLE001 - one failing case is a row, not the end of the run
-            self._row(model, engine, device, batch, seq, FAIL, reason=_first_line(e), **extra)
+            self._row(model, engine, device, batch, seq, FAIL, reason=first_line(e, typed=True, limit=300), **extra)
             return
         self._row(model, engine, device, batch, seq, OK, timing, first_call_ms=round(first * 1e3, 3), **extra)
 
@@ -152,8 +147,8 @@ class InProcessBench:
             self._skip_all("pytorch-eager", "cpu", reason)
             self._skip_all("pytorch-compile", "cpu", reason)
             return
-        from rgalign.export.pipeline import TorchPipeline
-        from rgalign.export.runtime import TorchRunner
+        from rgalign.export.reference import TorchPipeline
+        from rgalign.export.reference import TorchRunner
         from rgalign.export.specs import graph_module, ranker_spec, reasoner_spec
 
         import torch
@@ -172,7 +167,7 @@ class InProcessBench:
                     compiled[model] = TorchRunner(torch.compile(graph_module(spec, modules[model])),
                                                   spec.input_names, spec.output_names)
                 except Exception as e:  # noqa: BLE001 - inductor missing a compiler, an unsupported op, ...
-                    self._skip_all("pytorch-compile", "cpu", f"torch.compile failed: {_first_line(e)}", [model])
+                    self._skip_all("pytorch-compile", "cpu", f"torch.compile failed: {first_line(e, typed=True, limit=300)}", [model])
         else:
             self._skip_all("pytorch-compile", "cpu", "not requested (--no-compile; off by default with --quick)")
         before = torch.get_num_threads()
@@ -196,8 +191,8 @@ class InProcessBench:
                            "and top-k to the compiled graphs as to eager", ["pipeline"])
 
     def _ort(self, provider: str) -> None:
-        from rgalign.export.pipeline import Pipeline
-        from rgalign.export.runtime import OrtRunner
+        from rgalign.inference.pipeline import Pipeline
+        from rgalign.inference.runtime import OrtRunner
 
         device = {"cpu": "cpu", "cuda": "cuda", "tensorrt": "tensorrt"}[provider]
         if self.t.export_dir is None:
@@ -223,7 +218,7 @@ class InProcessBench:
 
                             runners[model] = gpu_session(path, provider, precision=precision)
                     except Exception as e:  # noqa: BLE001
-                        self._skip_all(engine, device, f"cannot load {path}: {_first_line(e)}", [model])
+                        self._skip_all(engine, device, f"cannot load {path}: {first_line(e, typed=True, limit=300)}", [model])
                         continue
                     self._graph_cases(model, engine, device, runners[model])
                 if len(runners) == 2:
@@ -251,7 +246,7 @@ class InProcessBench:
             try:
                 runner = TrtRunner(path)
             except Exception as e:  # noqa: BLE001
-                self._skip_all(f"tensorrt-{precision}", "tensorrt", _first_line(e), [model])
+                self._skip_all(f"tensorrt-{precision}", "tensorrt", first_line(e, typed=True, limit=300), [model])
                 continue
             self._graph_cases(model, f"tensorrt-{precision}", "tensorrt", runner)
 

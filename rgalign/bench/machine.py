@@ -59,7 +59,7 @@ def _load() -> list[float] | None:
 
 
 def package_versions() -> dict[str, str]:
-    from rgalign.training.run import package_versions as versions
+    from rgalign.artifacts.run import package_versions as versions
 
     return versions(PACKAGES)
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rgalign.artifacts.registry import ENSEMBLE
 from rgalign.bench.flops import DecoderShape, decoder_flops, default_threads, floor_ms, measure_peaks, torch_flops
 from rgalign.bench.inprocess import OK, InProcessBench, Shapes, find_row
 from rgalign.bench.machine import describe_machine
@@ -24,6 +25,7 @@ from rgalign.bench.ratios import HEADLINE_BATCH, compute_ratios, headline_seq, t
 from rgalign.bench.target import Target, resolve_target
 from rgalign.bench.timing import Budget
 from rgalign.errors import ConfigError
+from rgalign.progress import Progress, step_announcer
 
 FORMAT_VERSION = 1
 LARGE_GEMM = (1024, 1024, 1024)  # big enough to reach the BLAS kernels' steady state on a CPU
@@ -116,9 +118,9 @@ def run_bench(
     seqs: Sequence[int] | None = None,
     concurrencies: Sequence[int] | None = None,
     budget: Budget | None = None,
-    model: str = "rgalign",
+    model: str = ENSEMBLE,
     command: str | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Benchmark ``target`` (an EXPORT or RUN folder; None with ``url`` alone) and the server at
     ``url``; writes ``out_dir``/bench.{json,md,png} and returns the JSON object.
@@ -136,7 +138,7 @@ def run_bench(
 
     if target is None and url is None:
         raise ConfigError("nothing to benchmark: pass an EXPORT or RUN folder, or --url of a running server")
-    progress = progress or (lambda msg: None)
+    say = step_announcer(progress)
     t_start = time.perf_counter()
     cores = default_threads()
     if threads:
@@ -150,7 +152,7 @@ def run_bench(
     shapes = Shapes(batches=tuple(batches or base.batches), seqs=tuple(seqs or base.seqs))
     concurrencies = tuple(concurrencies or (served_mod.QUICK_CONCURRENCIES if quick else served_mod.CONCURRENCIES))
 
-    progress("opening the target")
+    say("opening the target")
     t = resolve_target(target, records_file)
     if t.manifest is not None and precision not in t.precisions:
         raise ConfigError(f"--precision {precision}: this export has {', '.join(t.precisions)}")
@@ -159,24 +161,24 @@ def run_bench(
     rows: list[dict[str, Any]] = []
     floor = None
     if t.pre is not None:
-        progress("measuring the matmul peak")
+        say("measuring the matmul peak")
         # keyed by str(threads): the same keys after a JSON round trip
         peaks = {str(th): measure_peaks(_peak_shapes(t), th, budget) for th in thread_counts}
         if compile is None:
             compile = not quick
         rows = InProcessBench(t, shapes, budget, thread_counts, compile=compile, progress=progress).run()
-        progress("counting FLOPs")
+        say("counting FLOPs")
         floor = _floor(t, rows, peaks)
 
     served = None
     if url is not None:
-        progress(f"benchmarking the server at {url}")
+        say(f"benchmarking the server at {url}")
         served = served_mod.bench_served(url, t.records, budget if quick else Budget(
             warmup=budget.warmup, min_reps=budget.min_reps, max_reps=100_000, seconds=max(budget.seconds, 5.0)),
             concurrencies, grpc_url, model)
         dims = (served.get("http") or {}).get("features_dims") or (served.get("grpc") or {}).get("features_dims") \
             or [-1, 1]
-        progress("perf_analyzer")
+        say("perf_analyzer")
         served["perf_analyzer"] = served_mod.run_perf_analyzer(url, grpc_url, t.records, dims,
                                                                (1, 16) if quick else concurrencies, quick, model)
 
@@ -203,6 +205,6 @@ def run_bench(
     result["seconds"] = round(time.perf_counter() - t_start, 2)
     from rgalign.bench.report import write_report
 
-    progress("writing the report")
+    say("writing the report")
     write_report(Path(out_dir), result)
     return result

@@ -1,7 +1,7 @@
 """Served benchmarks: the Triton ensemble over HTTP and gRPC at several concurrencies.
 
-Its own async client (``tritonclient.http.aio`` / ``tritonclient.grpc.aio``), independent of
-`rgalign.serve`: ``concurrency`` coroutines each send one request (batch 1: one JSON object of
+Through the one client, `rgalign.serve.client.AsyncRgalignClient` (``tritonclient.http.aio`` /
+``tritonclient.grpc.aio``): ``concurrency`` coroutines each send one request (batch 1: one JSON object of
 raw features) and wait for its answer, back to back, for a time budget. Latency per request and
 throughput (answers / s over the level's wall time) per concurrency level; with dynamic
 batching on the step models, throughput should grow with concurrency (SPEC §8: 3x at 16 vs 1).
@@ -28,89 +28,24 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-import numpy as np
 
 from rgalign.bench.timing import Budget, summarize
+from rgalign.progress import first_line
+from rgalign.serve.client import MODEL, AsyncRgalignClient, grpc_url_for, host_port
 
-MODEL = "rgalign"  # the ensemble `rgalign deploy` writes
 CONCURRENCIES = (1, 2, 4, 8, 16)
 QUICK_CONCURRENCIES = (1, 4, 16)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
+async def _timed(client: AsyncRgalignClient, record: Mapping[str, Any]) -> float:
+    """Seconds one request of one record takes, answer included."""
+    t = time.perf_counter()
+    await client.rank([record])
+    return time.perf_counter() - t
 
 
-def split_url(url: str, default_port: int = 8000) -> tuple[str, int]:
-    """``http://h:p``, ``h:p`` or ``h`` -> (host, port)."""
-    parsed = urlparse(url if "://" in url else f"http://{url}")
-    return parsed.hostname or "127.0.0.1", parsed.port or default_port
-
-
-def grpc_url_for(http_url: str) -> str:
-    """Triton's default layout: gRPC on the HTTP port + 1 (8000 / 8001; `rgalign serve` too)."""
-    host, port = split_url(http_url)
-    return f"{host}:{port + 1}"
-
-
-def _shape_of(dims: Sequence[int], batch: int) -> list[int]:
-    """Request shape for ``batch`` items given the metadata dims (batch dim included)."""
-    dims = [int(d) for d in dims]
-    return [batch, 1] if len(dims) >= 2 else [batch]
-
-
-class _Client:
-    """One protocol's async client: ``await infer(record)`` -> latency (s)."""
-
-    def __init__(self, protocol: str, url: str, model: str) -> None:
-        self.protocol, self.url, self.model = protocol, url, model
-        if protocol == "http":
-            import tritonclient.http.aio as mod
-
-            host, port = split_url(url)
-            self.client = mod.InferenceServerClient(f"{host}:{port}", conn_limit=64)
-        else:
-            import tritonclient.grpc.aio as mod
-
-            self.client = mod.InferenceServerClient(url)
-        self.mod = mod
-        self.dims: list[int] = [-1, 1]
-        self.outputs = ["intent_ids", "scores"]
-
-    async def prepare(self) -> dict[str, Any]:
-        if not await self.client.is_server_ready():
-            raise ConnectionError(f"server at {self.url} is not ready")
-        if not await self.client.is_model_ready(self.model):
-            raise ConnectionError(f"model {self.model!r} is not ready at {self.url}")
-        if self.protocol == "http":
-            meta = await self.client.get_model_metadata(self.model)
-        else:
-            meta = await self.client.get_model_metadata(self.model, as_json=True)
-        inputs = {i["name"]: i for i in meta.get("inputs", [])}
-        if "features" not in inputs:
-            raise ValueError(f"model {self.model!r} has no input 'features' (it has {', '.join(inputs) or 'none'})")
-        self.dims = [int(d) for d in inputs["features"].get("shape", [-1, 1])]
-        names = [o["name"] for o in meta.get("outputs", [])]
-        self.outputs = [n for n in ("intent_ids", "scores") if n in names] or names
-        return {"features_dims": self.dims, "outputs": self.outputs}
-
-    async def infer(self, record: Mapping[str, Any]) -> float:
-        data = np.array([json.dumps(record).encode()], dtype=np.object_).reshape(_shape_of(self.dims, 1))
-        inp = self.mod.InferInput("features", list(data.shape), "BYTES")
-        inp.set_data_from_numpy(data)
-        outs = [self.mod.InferRequestedOutput(n) for n in self.outputs]
-        t = time.perf_counter()
-        await self.client.infer(self.model, [inp], outputs=outs)
-        return time.perf_counter() - t
-
-    async def close(self) -> None:
-        await self.client.close()
-
-
-async def _level(client: _Client, records: Sequence[Mapping[str, Any]], concurrency: int,
+async def _level(client: AsyncRgalignClient, records: Sequence[Mapping[str, Any]], concurrency: int,
                  budget: Budget) -> dict[str, Any]:
     """One concurrency level: ``concurrency`` workers until the time budget or max requests."""
     lat: list[float] = []
@@ -122,10 +57,10 @@ async def _level(client: _Client, records: Sequence[Mapping[str, Any]], concurre
             i = next(counter)
             if i >= max_requests or (time.perf_counter() >= deadline and len(lat) >= budget.min_reps):
                 return
-            lat.append(await client.infer(records[i % len(records)]))
+            lat.append(await _timed(client, records[i % len(records)]))
 
     # warm-up at this level: the dynamic batcher and the instances see this concurrency first
-    await asyncio.gather(*(client.infer(records[i % len(records)])
+    await asyncio.gather(*(_timed(client, records[i % len(records)])
                            for i in range(max(budget.warmup, 1) * concurrency)))
     start = time.perf_counter()
     await asyncio.gather(*(worker(start + budget.seconds) for _ in range(concurrency)))
@@ -135,20 +70,20 @@ async def _level(client: _Client, records: Sequence[Mapping[str, Any]], concurre
 async def _protocol(protocol: str, url: str, model: str, records: Sequence[Mapping[str, Any]],
                     concurrencies: Sequence[int], budget: Budget) -> dict[str, Any]:
     try:
-        client = _Client(protocol, url, model)
+        client = AsyncRgalignClient(url, protocol=protocol, model=model, timeout=None)
     except Exception as e:  # noqa: BLE001 - a missing client extra is a recorded fact
-        return {"status": "SKIPPED", "url": url, "reason": _first_line(e), "levels": []}
+        return {"status": "SKIPPED", "url": url, "reason": first_line(e, typed=True, limit=300), "levels": []}
     try:
         try:
-            meta = await client.prepare()
+            meta = await client.describe()
         except Exception as e:  # noqa: BLE001
-            return {"status": "FAIL", "url": url, "reason": _first_line(e), "levels": []}
+            return {"status": "FAIL", "url": url, "reason": first_line(e, typed=True, limit=300), "levels": []}
         levels = []
         for c in concurrencies:
             try:
                 levels.append({"concurrency": c, "status": "OK", **(await _level(client, records, c, budget))})
             except Exception as e:  # noqa: BLE001 - a failed request ends this level, not the run
-                levels.append({"concurrency": c, "status": "FAIL", "reason": _first_line(e)})
+                levels.append({"concurrency": c, "status": "FAIL", "reason": first_line(e, typed=True, limit=300)})
         return {"status": "OK", "url": url, **meta, "levels": levels}
     finally:
         try:
@@ -217,9 +152,9 @@ def _pa_env() -> dict[str, str]:
     """The tritonclient 2.51 binary needs libb64 / libcudart: the nvidia-pytriton libs have them."""
     env = dict(os.environ)
     try:
-        from rgalign.serve.server import _wheel_dirs
+        from rgalign.serve.server import wheel_dirs
 
-        libs = str(_wheel_dirs()[1])
+        libs = str(wheel_dirs()[1])
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libs, env.get("LD_LIBRARY_PATH")) if p)
     except Exception:  # noqa: BLE001 - no pytriton: run with the environment as is
         pass
@@ -237,7 +172,7 @@ def run_perf_analyzer(url: str, grpc_url: str | None, records: Sequence[Mapping[
     with tempfile.TemporaryDirectory(prefix="rgalign-pa-") as tmp:
         data = Path(tmp) / "input.json"
         data.write_text(json.dumps(perf_analyzer_input(records[:64], dims)), encoding="utf-8")
-        for protocol, u in (("http", "%s:%d" % split_url(url)), ("grpc", grpc_url or grpc_url_for(url))):
+        for protocol, u in (("http", "%s:%d" % host_port(url)), ("grpc", grpc_url or grpc_url_for(url))):
             for c in concurrencies:
                 report = Path(tmp) / f"{protocol}-{c}.csv"
                 cmd = [os.fspath(binary), "-m", model, "-u", u, "-i", protocol, "--input-data", os.fspath(data),
@@ -248,7 +183,7 @@ def run_perf_analyzer(url: str, grpc_url: str | None, records: Sequence[Mapping[
                                           timeout=60 if quick else 180)
                 except (OSError, subprocess.TimeoutExpired) as e:
                     results["runs"].append({"protocol": protocol, "concurrency": c, "status": "FAIL",
-                                            "reason": _first_line(e)})
+                                            "reason": first_line(e, typed=True, limit=300)})
                     continue
                 if proc.returncode != 0 or not report.is_file():
                     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -256,13 +191,13 @@ def run_perf_analyzer(url: str, grpc_url: str | None, records: Sequence[Mapping[
                                             "reason": f"exit {proc.returncode}: {' | '.join(tail)[:400]}"})
                     continue
                 results["runs"].append({"protocol": protocol, "concurrency": c, "status": "OK",
-                                        **_parse_pa_csv(report.read_text(encoding="utf-8"))})
+                                        **parse_pa_csv(report.read_text(encoding="utf-8"))})
     if results["runs"] and all(r["status"] != "OK" for r in results["runs"]):
         results["status"] = "FAIL"
     return results
 
 
-def _parse_pa_csv(text: str) -> dict[str, Any]:
+def parse_pa_csv(text: str) -> dict[str, Any]:
     """perf_analyzer's CSV (latencies in microseconds) -> throughput and p50/p95/p99 in ms."""
     rows = list(csv.DictReader(io.StringIO(text)))
     if not rows:

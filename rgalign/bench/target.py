@@ -27,7 +27,7 @@ class Target:
     export_dir: Path | None = None
     manifest: dict[str, Any] | None = None
     src: Any = None  # rgalign.export.source.RunSource: the PyTorch models, or None
-    pre: Any = None  # rgalign.export.pipeline.Preprocessor, or None
+    pre: Any = None  # rgalign.inference.preprocess.Preprocessor, or None
     records: list[dict[str, Any]] = field(default_factory=list)
     records_source: str = ""
     decoder_config: dict[str, Any] | None = None  # the backbone's HF config.json
@@ -77,7 +77,7 @@ def _decoder_config(src: Any) -> dict[str, Any] | None:
 
 def resolve_target(path: str | os.PathLike | None, records_file: str | os.PathLike | None = None) -> Target:
     """Open ``path`` (an export or a run folder; None for ``--url`` alone) and pick the requests."""
-    from rgalign.bench.inputs import read_records, records_for
+    from rgalign.inference.records import read_records, records_for
 
     if path is None:
         if records_file is None:
@@ -93,7 +93,7 @@ def resolve_target(path: str | os.PathLike | None, records_file: str | os.PathLi
         return _export_target(root, records_file, records_for)
     if (root / "run.json").is_file():
         src = _load_source(root)
-        from rgalign.export.pipeline import Preprocessor
+        from rgalign.inference.preprocess import Preprocessor
 
         pre = Preprocessor(src.reasoner.tokenizer, src.fields, src.encoders, src.reasoner.config.max_len)
         records, where = records_for(src.encoders, src.data_path, records_file)
@@ -111,7 +111,8 @@ def resolve_target(path: str | os.PathLike | None, records_file: str | os.PathLi
 
 def _export_target(root: Path, records_file: Any, records_for: Any) -> Target:
     from rgalign.data.encoders import FeatureEncoders
-    from rgalign.export.pipeline import Preprocessor, read_manifest
+    from rgalign.artifacts.manifest import read_manifest
+    from rgalign.inference.preprocess import Preprocessor
 
     manifest = read_manifest(root)
     pre = Preprocessor.from_export(root)

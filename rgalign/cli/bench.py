@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from rgalign.artifacts.registry import ENSEMBLE
 from rgalign.cli._app import app, console
 
 
@@ -47,7 +48,7 @@ def bench_cmd(
     batches: str | None = typer.Option(None, "--batches", help="Batch sizes, e.g. 1,8,32."),
     seqs: str | None = typer.Option(None, "--seqs", help="Reasoner prompt lengths in tokens, e.g. 32,64,128."),
     concurrency: str | None = typer.Option(None, "--concurrency", help="Served concurrencies, e.g. 1,2,4,8,16."),
-    model: str = typer.Option("rgalign", "--model", help="The ensemble's name on the server."),
+    model: str = typer.Option(ENSEMBLE, "--model", help="The ensemble's name on the server."),
 ) -> None:
     """Benchmark PyTorch, torch.compile and ONNX Runtime in-process, and the served ensemble."""
     from rgalign.bench.runner import run_bench
@@ -58,7 +59,7 @@ def bench_cmd(
         result = run_bench(
             target, out, url=url, grpc_url=grpc_url, quick=quick, precision=precision, threads=threads or None,
             compile=compile, records_file=records, batches=b, seqs=s, concurrencies=c, model=model,
-            command=command, progress=lambda msg: status.update(escape(msg) + " ..."),
+            command=command, progress=lambda step, _state, _msg: status.update(escape(step) + " ..."),
         )
 
     table = Table(title="SPEC §8 targets (same run)", title_justify="left")

@@ -1,5 +1,5 @@
 """``rgalign deploy``, ``rgalign serve`` and ``rgalign query`` (SPEC §6, §9): thin; they call
-`rgalign.serve.deploy.deploy`, `rgalign.serve.server.run_forever` and
+`rgalign.serve.repository.deploy.deploy`, `rgalign.serve.server.run_forever` and
 `rgalign.serve.client.RgalignClient`."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from rgalign.artifacts.registry import ENSEMBLE
 from rgalign.cli._app import app, console
 from rgalign.errors import ConfigError
 
@@ -51,7 +52,7 @@ def deploy_cmd(
     ),
 ) -> None:
     """Write a Triton model repository: preprocess -> reasoner -> ranker -> postprocess, ensemble `rgalign`."""
-    from rgalign.serve.deploy import DeployOptions, deploy
+    from rgalign.serve.repository.deploy import DeployOptions, deploy
 
     options = DeployOptions(
         backend=backend, precision=precision, instances=instances, max_batch=max_batch,
@@ -60,8 +61,9 @@ def deploy_cmd(
     )  # fmt: skip
     with console.status("deploying ...") as status:
         summary = deploy(
-            export, out, options, progress=lambda step: status.update(f"writing {escape(step)} ..."), force=force
-        )
+            export, out, options, force=force,
+            progress=lambda step, _state, _msg: status.update(f"writing {escape(step)} ..."),
+        )  # fmt: skip
     table = Table(title=escape(str(out)), title_justify="left")
     table.add_column("model")
     table.add_column("config")
@@ -106,11 +108,11 @@ def serve_cmd(
 
     Supervised: a dead backend process is reloaded (not-ready meanwhile), SIGHUP reloads every
     model from disk, SIGTERM drains in-flight requests first. Admin APIs need the admin key."""
-    from rgalign.serve.admin import KEY_FILE, redact, restricted_args
-    from rgalign.serve.admin import admin_key as make_key
-    from rgalign.serve.deploy import check_servable
+    from rgalign.serve.server.admin import KEY_FILE, redact, restricted_args
+    from rgalign.serve.server.admin import admin_key as make_key
+    from rgalign.serve.repository.deploy import check_servable
     from rgalign.serve.server import TritonServer, find_tritonserver, is_wheel_tritonserver
-    from rgalign.serve.supervisor import SupervisorOptions, serve
+    from rgalign.serve.server.supervisor import SupervisorOptions, serve
 
     if not repo.is_dir():
         raise ConfigError(f"model repository {repo} does not exist; run `rgalign deploy EXPORT --out {repo}`")
@@ -169,7 +171,7 @@ def query_cmd(
     features: str = typer.Option(..., "--features", "-f", help="JSON object (or list of objects), or @FILE."),
     k: int = typer.Option(3, "-k", "--top-k", min=1, max=TOP_K_MAX, help="How many intents per request."),
     protocol: str = typer.Option(None, "--protocol", help="http or grpc (default: from the url, else http)."),
-    model: str = typer.Option("rgalign", "--model", help="Model to ask (the ensemble)."),
+    model: str = typer.Option(ENSEMBLE, "--model", help="Model to ask (the ensemble)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Ask a running server for the top-k intents of one or more requests."""

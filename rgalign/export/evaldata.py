@@ -12,7 +12,6 @@ for calibration), when that folder still exists.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,20 +73,12 @@ class EvalRequests:
         return gauc(self.labels[mask], scores, self.groups[rows])
 
 
-def run_dataset_path(run_json: dict[str, Any]) -> Path | None:
-    """The dataset folder recorded in a run's ``run.json``, if it still exists."""
-    path = (run_json.get("data") or {}).get("path")
-    return Path(path) if path and os.path.isdir(path) else None
-
-
 def requests_from_dataset(data_path: Path, encoders: Any) -> tuple[EvalRequests, list[dict[str, Any]]]:
     """(held-out test requests, training records for calibration) of a dataset folder."""
-    from rgalign.data.loader import load_dataset
-    from rgalign.data.requests import build_requests
+    from rgalign.inference.records import dataset_requests
 
-    ds = load_dataset(data_path)
-    test = build_requests(ds, encoders, "test")
-    train = build_requests(ds, encoders, "train")
+    splits = dataset_requests(data_path, encoders, ("test", "train"))
+    test, train = splits["test"], splits["train"]
     n = len(train)
     pick = np.arange(n)
     if n > MAX_CALIBRATION_REQUESTS:

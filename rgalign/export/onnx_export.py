@@ -28,6 +28,7 @@ from torch import nn
 
 from rgalign.errors import ExportError
 from rgalign.export.specs import ExportSpec, graph_module
+from rgalign.progress import first_line
 
 DYNAMO_OPSET = 18
 LEGACY_OPSET = 17
@@ -57,11 +58,6 @@ class OnnxArtifact:
     def to_dict(self) -> dict:
         return {"path": os.fspath(self.path), "exporter": self.exporter, "opset": self.opset,
                 "seconds": round(self.seconds, 2), "note": self.note}
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 @contextlib.contextmanager
@@ -153,7 +149,7 @@ def export_onnx(spec: ExportSpec, model: nn.Module, path: str | os.PathLike, exp
             check_onnx(path)
             return art
         except Exception as e:  # noqa: BLE001 - any dynamo failure -> try the legacy exporter
-            note = f"dynamo exporter failed ({_first_line(e)}); used the legacy exporter"
+            note = f"dynamo exporter failed ({first_line(e, typed=True)}); used the legacy exporter"
             for p in path.parent.glob(path.name + "*"):
                 p.unlink()
             t0 = time.perf_counter()
@@ -161,7 +157,7 @@ def export_onnx(spec: ExportSpec, model: nn.Module, path: str | os.PathLike, exp
         _export_legacy(spec, module, path)
     except Exception as e:  # noqa: BLE001
         raise ExportError(
-            f"cannot export the {spec.name} to ONNX: {_first_line(e)}" + (f" (after: {note})" if note else "")
+            f"cannot export the {spec.name} to ONNX: {first_line(e, typed=True)}" + (f" (after: {note})" if note else "")
         ) from None
     art = OnnxArtifact(path, "legacy", LEGACY_OPSET, time.perf_counter() - t0, note)
     check_onnx(path)
@@ -205,7 +201,7 @@ def check_onnx(path: str | os.PathLike) -> str:
     except ExportError:
         raise
     except Exception as e:  # noqa: BLE001 - checker errors are ValidationError, InferenceError...
-        raise ExportError(f"onnx.checker rejects {path}: {_first_line(e)}") from None
+        raise ExportError(f"onnx.checker rejects {path}: {first_line(e, typed=True)}") from None
     note = f"onnx.checker OK (opset {opset})"
     if unknown:
         note += f"; ORT contrib ops in the default domain checked by ONNX Runtime: {', '.join(unknown)}"

@@ -96,6 +96,19 @@ def to_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     return dst
 
 
+def _int8_target(
+    src: str | os.PathLike, dst: str | os.PathLike, what: str, exclude: Sequence[str], only: Sequence[str] | None = None
+) -> tuple[onnx.ModelProto, list[str], Path]:
+    """(model, the weight MatMuls to quantise, the output path with its folder made)."""
+    model = _load(src)
+    nodes = [n for n in weight_matmuls(model) if n not in set(exclude) and (only is None or n in set(only))]
+    if not nodes:
+        raise ExportError(f"int8 {what}: the graph has no weight MatMul to quantise")
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    return model, nodes, dst
+
+
 def quantize_int8_dynamic(
     src: str | os.PathLike, dst: str | os.PathLike, exclude: Sequence[str] = (), only: Sequence[str] | None = None
 ) -> Path:
@@ -103,12 +116,7 @@ def quantize_int8_dynamic(
     ``exclude``; ``only``: just these nodes, for a sensitivity probe)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    model = _load(src)
-    nodes = [n for n in weight_matmuls(model) if n not in set(exclude) and (only is None or n in set(only))]
-    if not nodes:
-        raise ExportError("int8 dynamic: the graph has no weight MatMul to quantise")
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    model, nodes, dst = _int8_target(src, dst, "dynamic", exclude, only)
     try:
         with _quiet_quantizer():
             quantize_dynamic(
@@ -166,12 +174,7 @@ def quantize_int8_static(
     class _Reader(FeedsReader, CalibrationDataReader):
         pass
 
-    model = _load(src)
-    nodes = [n for n in weight_matmuls(model) if n not in set(exclude)]
-    if not nodes:
-        raise ExportError("int8 static: the graph has no weight MatMul to quantise")
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    model, nodes, dst = _int8_target(src, dst, "static", exclude)
     try:
         with _quiet_quantizer():
             quantize_static(

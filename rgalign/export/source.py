@@ -4,17 +4,17 @@ encoders, the prompt fields, and the dataset path (for held-out and calibration 
     RUN/run.json              "config", "data": {"path": ...}
     RUN/encoders.json         FeatureEncoders
     RUN/prompt_fields.json    PromptFields (else derived from the dataset's schema)
-    RUN/stages/...            `rgalign.training.run.final_models` picks the pair
+    RUN/stages/...            `rgalign.artifacts.run.final_models` picks the pair
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rgalign.artifacts.run import RunDir, final_models, run_dataset_path, sha256_file
 from rgalign.errors import ExportError, RgalignError
 from rgalign.io import read_json
 
@@ -42,14 +42,6 @@ class RunSource:
         return {os.fspath(p.relative_to(self.root)): sha256_file(p) for p in files}
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _check_pair(reasoner: Any, ranker: Any, encoders: Any) -> None:
     rc = ranker.config
     problems = []
@@ -68,11 +60,9 @@ def _check_pair(reasoner: Any, ranker: Any, encoders: Any) -> None:
 def load_run(run_dir: str | os.PathLike) -> RunSource:
     """Load everything an export needs from ``run_dir``; `ExportError` (one line) if it cannot."""
     from rgalign.data.encoders import FeatureEncoders
-    from rgalign.export.evaldata import run_dataset_path
     from rgalign.models.prompt import PromptFields
     from rgalign.models.qe_ranker import QERanker
     from rgalign.models.reasoner import Reasoner
-    from rgalign.training.run import RunDir, final_models
 
     root = Path(run_dir)
     if not (root / "run.json").is_file():

@@ -12,7 +12,7 @@ Two models are exported, each wrapped in a small module whose forward is exactly
 fixed at export. ``K = min(10, N)`` is fixed at export too (ONNX ``TopK`` takes K as an input, but
 a constant K lets every runtime, TensorRT included, plan the output shape): 10 because the int8
 gate compares top-10 sets and the product shows 3. A caller that wants more than K intents ranks
-``scores`` itself (see `rgalign.export.pipeline.postprocess`).
+``scores`` itself (see `rgalign.inference.postprocess.postprocess`).
 
 The output is named ``latent_query``, not ``embedding``: Triton's python backend and several
 serving tools treat an output called ``embedding`` specially.
@@ -29,8 +29,6 @@ from torch import nn
 
 from rgalign.models.qe_ranker import QERanker
 from rgalign.models.reasoner import Reasoner
-
-PRECISIONS = ("fp32", "fp16", "int8")
 
 # top-K fixed at export: the int8 gate's "top-10 overlap" needs 10, and 10 >= the 3 shown
 TOPK = 10

@@ -2,6 +2,9 @@
 (as Triton Model Navigator records its pipeline). The log goes into ``manifest.json``; a
 ``progress`` callback sees every step start and end (the CLI draws it with rich).
 
+`Step` is one registered stage of the export (a function of the `ExportContext`); `STEPS` in
+`rgalign.export.build` lists them in order. A new stage is a function and one entry there.
+
 Arguments are passed explicitly (`StepLog.run(name, fn, *args)`), never filtered out of a
 ``**kwargs`` bag, so a reader sees where every value comes from.
 """
@@ -13,12 +16,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from rgalign.progress import FAIL, OK, SKIPPED, START, Progress, first_line
+
 T = TypeVar("T")
 
-OK, FAIL, SKIPPED, START = "OK", "FAIL", "SKIPPED", "START"
+__all__ = ["FAIL", "OK", "SKIPPED", "START", "Progress", "Step", "StepLog", "StepRecord"]
 
-# progress(step name, status, message): status is START when a step begins
-Progress = Callable[[str, str, str], None]
+
+@dataclass(frozen=True)
+class Step:
+    """A registered export stage: ``run(ctx)`` records its own steps in ``ctx.log``."""
+
+    name: str
+    run: Callable[[Any], None]
 
 
 @dataclass
@@ -51,9 +61,7 @@ class StepLog:
         try:
             result = fn(*args)
         except BaseException as e:
-            text = str(e).strip()
-            first = text.splitlines()[0] if text else type(e).__name__
-            self._emit(StepRecord(name, FAIL, time.perf_counter() - t0, first))
+            self._emit(StepRecord(name, FAIL, time.perf_counter() - t0, first_line(e)))
             raise
         self._emit(StepRecord(name, OK, time.perf_counter() - t0, message(result) if message else ""))
         return result

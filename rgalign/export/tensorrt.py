@@ -10,7 +10,7 @@ package, ``pip install rgalign[gpu]``).
 - `TrtRunner(plan)`: runs an engine as a runner (feeds -> outputs), with torch CUDA tensors as
   device buffers (no pycuda dependency).
 - `gpu_session(onnx, provider)`: an ONNX Runtime session on TensorrtExecutionProvider or
-  CUDAExecutionProvider, checked to really use it (`rgalign.export.runtime.check_providers`).
+  CUDAExecutionProvider, checked to really use it (`rgalign.inference.runtime.check_providers`).
 
 Without TensorRT, `require_tensorrt()` raises one clear `ExportError`; `rgalign export
 --tensorrt` calls it before doing any work.
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from rgalign.errors import ExportError
-from rgalign.export.runtime import OrtRunner, make_session
+from rgalign.inference.runtime import OrtRunner, make_session
 
 # Profile shapes. Batch: opt 1 (the online path, one request per call), max 64 (Triton's dynamic
 # batcher rarely forms bigger batches at this model's latency). Sequence: opt 64 (prompts are

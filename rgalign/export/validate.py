@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from rgalign.errors import ExportError
-from rgalign.export.runtime import Runner
 from rgalign.export.specs import ExportSpec, Tolerances
+from rgalign.inference.runtime import Runner
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,7 @@ def load_runner(
 ) -> Runner:
     """An ONNX Runtime runner on ``path`` whose answers do not depend on batch mates
     (``batch_invariant=False``: always batched, for measuring what invariance costs)."""
-    from rgalign.export.runtime import OrtRunner
+    from rgalign.inference.runtime import OrtRunner
 
     runner = OrtRunner.load(path, providers, threads)
     return invariant(runner, path) if batch_invariant else runner

@@ -9,5 +9,4 @@ which the rankers do not need).
 - `qe_ranker`: three-tower Query-Enhanced ranker with mutual attention
 - `losses`: ListNet, BCE, KL-to-previous, and their combination
 - `checkpoint`: ranker checkpoints (safetensors + JSON)
-- `tiny`: tiny seeded models and data for tests and quick benchmarks
 """

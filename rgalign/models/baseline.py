@@ -29,8 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from rgalign.config import from_dict
 from rgalign.errors import ConfigError
-from rgalign.models.checkpoint import config_from_dict, read_checkpoint, save_module
+from rgalign.models.checkpoint import read_checkpoint, save_module
 from rgalign.models.layers import FieldEmbedding, InteractingLayer, MixtureOfExpertsScorer
 
 KIND = "baseline_autoint_moe"
@@ -69,7 +70,7 @@ class BaselineConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BaselineConfig:
-        return config_from_dict(cls, d)
+        return from_dict(cls, d, where=cls.__name__)
 
 
 class AutoIntMoE(nn.Module):

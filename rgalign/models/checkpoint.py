@@ -33,18 +33,27 @@ def save_module(directory: str | os.PathLike, module: nn.Module, kind: str, conf
     return Path(directory)
 
 
-def read_checkpoint(directory: str | os.PathLike, kind: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(config dict, state dict) of a folder written by `save_module` for ``kind``."""
+def read_meta(directory: str | os.PathLike, kind: str, meta_name: str = "ranker.json") -> dict[str, Any]:
+    """The config dict of a checkpoint folder of ``kind`` (its ``meta_name`` JSON: format version,
+    kind, config), checked: the one reader of every checkpoint's description (rankers here, the
+    reasoner's ``reasoner.json`` too)."""
     directory = Path(directory)
-    meta_path = directory / "ranker.json"
+    meta_path = directory / meta_name
+    what = meta_name.removesuffix(".json")
     if not meta_path.is_file():
-        raise ConfigError(f"{os.fspath(directory)!r} is not a ranker checkpoint (no ranker.json)")
+        raise ConfigError(f"{os.fspath(directory)!r} is not a {what} checkpoint (no {meta_name})")
     meta = read_json(meta_path)
     if meta.get("kind") != kind:
         raise ConfigError(f"{os.fspath(directory)!r} holds a {meta.get('kind')!r} model, not a {kind!r}")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ConfigError(f"{kind} checkpoint format {meta.get('format_version')} is not {FORMAT_VERSION}")
-    return meta["config"], load_weights(directory / "model.safetensors")
+    return meta["config"]
+
+
+def read_checkpoint(directory: str | os.PathLike, kind: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(config dict, state dict) of a folder written by `save_module` for ``kind``."""
+    config = read_meta(directory, kind)
+    return config, load_weights(Path(directory) / "model.safetensors")
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -60,15 +69,3 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ConfigError(
             f"{os.fspath(path)} is unreadable ({first}): truncated or corrupt; re-run the stage that writes it"
         ) from None
-
-
-def config_from_dict(cls: type, d: dict[str, Any]) -> Any:
-    """Build the frozen config dataclass ``cls`` from a JSON dict: unknown keys are an error,
-    lists become tuples (JSON has no tuples; frozen configs must stay hashable)."""
-    import dataclasses
-
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ConfigError(f"unknown {cls.__name__} keys: {', '.join(unknown)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})

@@ -37,8 +37,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from rgalign.config import from_dict
 from rgalign.errors import ConfigError
-from rgalign.models.checkpoint import config_from_dict, read_checkpoint, save_module
+from rgalign.models.checkpoint import read_checkpoint, save_module
 from rgalign.models.layers import CrossAttention, FieldEmbedding, InteractingLayer, MixtureOfExpertsScorer
 
 KIND = "qe_ranker"
@@ -83,7 +84,7 @@ class QERankerConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> QERankerConfig:
-        return config_from_dict(cls, d)
+        return from_dict(cls, d, where=cls.__name__)
 
 
 class QERanker(nn.Module):

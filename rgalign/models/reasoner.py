@@ -32,7 +32,7 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +46,13 @@ from transformers.utils import logging as _hf_logging
 # checkpoints are tiny and local: the hub-download style progress bars are noise in our output
 _hf_logging.disable_progress_bar()
 
+from rgalign.config import from_dict
 from rgalign.errors import ConfigError
-from rgalign.io import atomic_dir, read_json, write_json_atomic
+from rgalign.io import atomic_dir, write_json_atomic
+from rgalign.models.checkpoint import FORMAT_VERSION, read_meta
 from rgalign.models.tokenizer import IGNORE_INDEX, encode_prompts, load_tokenizer
+from rgalign.progress import first_line
 
-FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -77,16 +79,7 @@ class ReasonerConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ReasonerConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown reasoner config keys: {', '.join(unknown)}")
-        return cls(**d)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+        return from_dict(cls, d, where="reasoner config")
 
 
 def _check_causal_lm(config: Any, source: str) -> None:
@@ -164,14 +157,14 @@ def build_backbone(cfg: ReasonerConfig, tokenizer: PreTrainedTokenizerBase) -> n
     try:
         config = AutoConfig.from_pretrained(where, local_files_only=local)
     except Exception as e:  # noqa: BLE001 - unreadable config / unknown hub name: one line
-        raise ConfigError(f"cannot load backbone {source!r}: {_first_line(e)}") from None
+        raise ConfigError(f"cannot load backbone {source!r}: {first_line(e)}") from None
     _check_causal_lm(config, source)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             where, local_files_only=local, dtype=torch.float32, attn_implementation=cfg.attn_implementation
         )
     except Exception as e:  # noqa: BLE001
-        raise ConfigError(f"cannot load backbone weights from {source!r}: {_first_line(e)}") from None
+        raise ConfigError(f"cannot load backbone weights from {source!r}: {first_line(e)}") from None
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     if model.config.pad_token_id is None:
@@ -435,13 +428,7 @@ class Reasoner(nn.Module):
     def load(cls, directory: str | os.PathLike, padding_side: str | None = None) -> Reasoner:
         """Load a folder written by `save`; outputs are identical to the saved model's."""
         directory = Path(directory)
-        meta_path = directory / "reasoner.json"
-        if not meta_path.is_file():
-            raise ConfigError(f"{os.fspath(directory)!r} is not a reasoner checkpoint (no reasoner.json)")
-        meta = read_json(meta_path)
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ConfigError(f"reasoner checkpoint format {meta.get('format_version')} is not {FORMAT_VERSION}")
-        config = ReasonerConfig.from_dict(meta["config"])
+        config = ReasonerConfig.from_dict(read_meta(directory, "reasoner", "reasoner.json"))
         tokenizer = load_tokenizer(directory / "backbone", padding_side=padding_side)
         # the saved backbone folder is the backbone now, whatever the config first said
         backbone = build_backbone(

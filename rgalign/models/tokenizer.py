@@ -22,6 +22,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from rgalign.errors import ConfigError
+from rgalign.models.saved_tokenizer import open_saved_tokenizer
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # ids 0..3, in this order, in every trained tokenizer
@@ -93,17 +94,7 @@ def train_tokenizer(
 
 def load_tokenizer(path: str | os.PathLike, padding_side: str | None = None) -> PreTrainedTokenizerFast:
     """Load a tokenizer saved with ``save_pretrained`` from a local folder (never the hub)."""
-    if not os.path.isdir(path):
-        raise ConfigError(f"tokenizer folder {os.fspath(path)!r} does not exist")
-    try:
-        tok = AutoTokenizer.from_pretrained(os.fspath(path), local_files_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure is one readable line
-        raise ConfigError(f"cannot load a tokenizer from {os.fspath(path)!r}: {e}") from None
-    if padding_side is not None:
-        tok.padding_side = padding_side
-    if tok.pad_token is None:  # hub LLM tokenizers often have none; padding needs one
-        tok.pad_token = tok.eos_token
-    return tok
+    return open_saved_tokenizer(path, lambda p: AutoTokenizer.from_pretrained(p, local_files_only=True), padding_side)
 
 
 def encode_prompts(

@@ -2,8 +2,9 @@
 (`AsyncRgalignClient`), over tritonclient.
 
 A request is a list of raw feature records (dicts, or JSON text sent as is); the answer is one
-`rgalign.export.Ranked` (intent ids and scores, best first) per record, exactly what the
-in-process `rgalign.export.Pipeline` returns. A request the server refuses (a bad feature,
+`rgalign.inference.Ranked` (intent ids and scores, best first) per record, exactly what the
+in-process `rgalign.inference.Pipeline` returns. `rgalign bench` measures the server through
+`AsyncRgalignClient` too. A request the server refuses (a bad feature,
 ``k`` out of range, a batch over the maximum, an unknown model) raises `ServeError` carrying the
 server's message; so does a server that cannot be reached.
 
@@ -22,15 +23,18 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 
+from rgalign.artifacts.registry import ENSEMBLE
 from rgalign.errors import ServeError
-from rgalign.export.pipeline import Ranked
+from rgalign.inference.postprocess import Ranked
 
 PROTOCOLS = ("http", "grpc")
 _INT32_MAX = 2**31 - 1
-MODEL = "rgalign"
+MODEL = ENSEMBLE  # the ensemble `rgalign deploy` writes
+DEFAULT_HTTP_PORT = 8000  # Triton's default; gRPC listens on the next port (8001)
 Record = Mapping[str, Any] | str | bytes
 
 
@@ -57,8 +61,27 @@ def split_url(url: str, protocol: str | None = None) -> tuple[str, str]:
     return address, chosen
 
 
-def _encode(records: Sequence[Record]) -> np.ndarray:
-    """Records -> BYTES (B, 1): dicts as JSON, strings and bytes sent as they are."""
+def host_port(url: str, default_port: int = DEFAULT_HTTP_PORT) -> tuple[str, int]:
+    """``http://h:p``, ``h:p`` or ``h`` -> (host, port), the port defaulting to ``default_port``."""
+    parsed = urlparse(url if "://" in url else f"http://{url}")
+    return parsed.hostname or "127.0.0.1", parsed.port or default_port
+
+
+def grpc_url_for(http_url: str) -> str:
+    """Triton's default layout: gRPC on the HTTP port + 1 (8000 / 8001; `rgalign serve` too)."""
+    host, port = host_port(http_url)
+    return f"{host}:{port + 1}"
+
+
+def features_shape(dims: Sequence[int], batch: int) -> list[int]:
+    """Request shape of ``features`` for ``batch`` items given the model's metadata dims (batch
+    dim included): ``[B, 1]`` for dims ``[-1, 1]``, ``[B]`` for ``[-1]``."""
+    return [batch, 1] if len(dims) >= 2 else [batch]
+
+
+def encode_records(records: Sequence[Record], dims: Sequence[int] = (-1, 1)) -> np.ndarray:
+    """Records -> BYTES (B, 1) (or (B,) for ``dims`` ``[-1]``): dicts as JSON, strings and bytes
+    sent as they are."""
     items = []
     for r in records:
         if isinstance(r, bytes):
@@ -67,7 +90,7 @@ def _encode(records: Sequence[Record]) -> np.ndarray:
             items.append(r.encode("utf-8"))
         else:
             items.append(json.dumps(dict(r), ensure_ascii=False).encode("utf-8"))
-    return np.array(items, dtype=object).reshape(len(items), 1)
+    return np.array(items, dtype=object).reshape(features_shape(dims, len(items)))
 
 
 def _module(protocol: str, aio: bool) -> Any:
@@ -88,8 +111,8 @@ def _module(protocol: str, aio: bool) -> Any:
     return module, module
 
 
-def _inputs(module: Any, records: Sequence[Record], k: int | None) -> list[Any]:
-    features = _encode(records)
+def _inputs(module: Any, records: Sequence[Record], k: int | None, dims: Sequence[int]) -> list[Any]:
+    features = encode_records(records, dims)
     inputs = [module.InferInput("features", list(features.shape), "BYTES")]
     inputs[0].set_data_from_numpy(features)
     if k is not None:
@@ -101,10 +124,6 @@ def _inputs(module: Any, records: Sequence[Record], k: int | None) -> list[Any]:
         inputs.append(module.InferInput("top_k", list(top_k.shape), "INT32"))
         inputs[1].set_data_from_numpy(top_k)
     return inputs
-
-
-def _outputs(module: Any) -> list[Any]:
-    return [module.InferRequestedOutput("intent_ids"), module.InferRequestedOutput("scores")]
 
 
 def _ranked(result: Any) -> list[Ranked]:
@@ -163,13 +182,24 @@ class _Client:
         self.model = model
         self.timeout = timeout
         self._module, self._aio = _module(self.protocol, aio=aio)
+        self.features_dims: list[int] = [-1, 1]  # the ensemble's; `describe` reads the server's
+        self.output_names = ["intent_ids", "scores"]
 
     def _request(self, records: Sequence[Record], k: int | None) -> tuple[list[Any], dict[str, Any]]:
         """(inputs, keyword arguments of ``infer``) of one request for ``records``."""
-        kwargs: dict[str, Any] = {"outputs": _outputs(self._module)}
+        kwargs: dict[str, Any] = {"outputs": [self._module.InferRequestedOutput(n) for n in self.output_names]}
         if self.protocol == "grpc" and self.timeout is not None:
             kwargs["client_timeout"] = self.timeout
-        return _inputs(self._module, records, k), kwargs
+        return _inputs(self._module, records, k, self.features_dims), kwargs
+
+    def _use_metadata(self, meta: Mapping[str, Any]) -> dict[str, Any]:
+        inputs = {i["name"]: i for i in meta.get("inputs", [])}
+        if "features" not in inputs:
+            raise ServeError(f"model {self.model!r} has no input 'features' (it has {', '.join(inputs) or 'none'})")
+        self.features_dims = [int(d) for d in inputs["features"].get("shape", [-1, 1])]
+        names = [o["name"] for o in meta.get("outputs", [])]
+        self.output_names = [n for n in ("intent_ids", "scores") if n in names] or names
+        return {"features_dims": self.features_dims, "outputs": self.output_names}
 
 
 class RgalignClient(_Client):
@@ -244,6 +274,19 @@ class AsyncRgalignClient(_Client):
         except _client_errors() as e:
             raise _error(e, self.model, self.url) from None
         return _ranked(result)
+
+    async def describe(self) -> dict[str, Any]:
+        """Check that the server and the model are ready and adopt the model's ``features`` dims
+        and outputs from its metadata; returns them. `ServeError` when not ready."""
+        if not await self._client.is_server_ready():
+            raise ServeError(f"server at {self.url} is not ready")
+        if not await self._client.is_model_ready(self.model):
+            raise ServeError(f"model {self.model!r} is not ready at {self.url}")
+        if self.protocol == "http":
+            meta = await self._client.get_model_metadata(self.model)
+        else:
+            meta = await self._client.get_model_metadata(self.model, as_json=True)
+        return self._use_metadata(meta)
 
     async def is_ready(self) -> bool:
         try:

@@ -46,9 +46,9 @@ from rgalign.training import loops, rga
 from rgalign.training.context import (
     Context, compute_latents, load_latents, prefetch_test_latents, require_reasoner, save_latents,
 )
+from rgalign.artifacts.run import STAGE_NAMES, final_models, latest_qe_ranker_dir
 from rgalign.training.distributed import shard
 from rgalign.training.evaluate import qe_forward, ranker_metrics
-from rgalign.training.run import STAGE_NAMES, final_models, latest_qe_ranker_dir
 
 CANDIDATES = "candidates.jsonl"
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rgalign.artifacts.run import STAGE_NAMES, RunDir
 from rgalign.config import to_dict
 from rgalign.data.encoders import FeatureEncoders
 from rgalign.data.loader import Dataset
@@ -22,13 +23,12 @@ from rgalign.io import atomic_dir, write_json_atomic
 from rgalign.models.prompt import PromptFields
 from rgalign.models.qe_ranker import QERankerConfig
 from rgalign.models.reasoner import Reasoner, ReasonerConfig
+from rgalign.progress import Log
 from rgalign.training import loops
 from rgalign.training.config import TrainConfig
 from rgalign.training.distributed import DistInfo, barrier
 from rgalign.training.evaluate import latent_queries, prompts_of
-from rgalign.training.run import STAGE_NAMES, RunDir
 
-Log = Callable[[str], None]
 
 
 @dataclass
@@ -202,7 +202,7 @@ def prefetch_test_latents(ctx: Context, reasoner_dirs: Iterable[Path]) -> Iterat
 
 def require_reasoner(ctx: Context, stage: int) -> Path:
     """The reasoner the next stage starts from: that of the last finished stage that trained one."""
-    from rgalign.training.run import latest_reasoner_dir
+    from rgalign.artifacts.run import latest_reasoner_dir
 
     d = latest_reasoner_dir(ctx.run)
     if d is None:

@@ -65,14 +65,6 @@ def all_gather_rows(local: torch.Tensor, total: int, info: DistInfo) -> torch.Te
     return stacked.reshape(-1, *local.shape[1:])[:total]
 
 
-def broadcast_state(module: torch.nn.Module, info: DistInfo) -> None:
-    """Make every rank start from rank 0's weights (after a checkpoint load on rank 0 only, say)."""
-    if not info.enabled:
-        return
-    for t in list(module.parameters()) + list(module.buffers()):
-        dist.broadcast(t.data, src=0)
-
-
 def all_reduce_mean(value: float, info: DistInfo) -> float:
     if not info.enabled:
         return value

@@ -12,8 +12,8 @@ from rgalign import metrics
 from rgalign.data.requests import RequestArrays
 from rgalign.models.prompt import PromptFields, build_prompt
 from rgalign.training.distributed import DistInfo, all_gather_rows, shard
+from rgalign.training.loops import EVAL_BATCH, slate_logits, torch_threads
 
-EVAL_BATCH = 1024  # requests per scoring call: a (1024, 200) score matrix is small
 
 
 def baseline_forward(model: nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -24,26 +24,6 @@ def baseline_forward(model: nn.Module, b: dict[str, torch.Tensor]) -> torch.Tens
 def qe_forward(model: nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
     """Logits (B, S) of the QE ranker over the shown slate, given the latent queries."""
     return model(b["cat"], b["num"], b["query"], b["shown"])
-
-
-def _is_qe(model: nn.Module) -> bool:
-    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    return hasattr(inner, "set_intent_text_emb")
-
-
-@torch.no_grad()
-def slate_logits(model: nn.Module, forward, arrays: RequestArrays, query: torch.Tensor | None) -> np.ndarray:
-    """(R, S) logits over each request's shown slate (padded slots hold garbage; use the mask)."""
-    from rgalign.training.loops import slate_batch
-
-    was = model.training
-    model.eval()
-    out = []
-    for i in range(0, len(arrays), EVAL_BATCH):
-        idx = np.arange(i, min(i + EVAL_BATCH, len(arrays)))
-        out.append(forward(model, slate_batch(arrays, idx, query)).numpy())
-    model.train(was)
-    return np.concatenate(out) if out else np.zeros((0, arrays.shown.shape[1]), np.float32)
 
 
 @torch.no_grad()
@@ -64,8 +44,6 @@ def all_logits(model: nn.Module, arrays: RequestArrays, query: torch.Tensor | No
 def ranker_metrics(model: nn.Module, arrays: RequestArrays, query: torch.Tensor | None = None, k: int = 3) -> dict[str, float]:
     """AUC, GAUC, logloss, error_rate on the shown impressions and Recall/NDCG/HitRate@k over all
     KB intents (relevant = clicked), for one split."""
-    from rgalign.training.loops import torch_threads
-
     forward = qe_forward if query is not None else baseline_forward
     with torch_threads(1):
         shown_logits = slate_logits(model, forward, arrays, query)

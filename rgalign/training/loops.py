@@ -16,6 +16,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
+from rgalign import metrics
 from rgalign.data.requests import RequestArrays
 from rgalign.models.losses import ranker_loss
 from rgalign.models.tokenizer import encode_pairs
@@ -112,6 +113,22 @@ def slate_batch(arrays: RequestArrays, idx: np.ndarray, query: torch.Tensor | No
     return b
 
 
+EVAL_BATCH = 1024  # requests per scoring call: a (1024, 200) score matrix is small
+
+
+@torch.no_grad()
+def slate_logits(model: nn.Module, forward, arrays: RequestArrays, query: torch.Tensor | None) -> np.ndarray:
+    """(R, S) logits over each request's shown slate (padded slots hold garbage; use the mask)."""
+    was = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(arrays), EVAL_BATCH):
+        idx = np.arange(i, min(i + EVAL_BATCH, len(arrays)))
+        out.append(forward(model, slate_batch(arrays, idx, query)).numpy())
+    model.train(was)
+    return np.concatenate(out) if out else np.zeros((0, arrays.shown.shape[1]), np.float32)
+
+
 @dataclass(frozen=True)
 class RankerResult:
     best_epoch: int
@@ -152,9 +169,6 @@ def train_ranker(
 
 def _train_ranker(model, forward, train, valid, *, epochs, batch_size, lr, weight_decay, alpha_bce, seed, dist,
                   train_query, valid_query, previous, beta_kl, description, quiet) -> RankerResult:
-    from rgalign.training.evaluate import slate_logits
-    from rgalign import metrics
-
     ddp_model = _wrap(model, dist)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     rng = np.random.default_rng(seed)

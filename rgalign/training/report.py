@@ -19,9 +19,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from rgalign.artifacts.run import RunDir
 from rgalign.errors import TrainError
 from rgalign.io import atomic_dir, read_json, write_text_atomic
-from rgalign.training.run import RunDir
 
 MODEL_LABELS = {
     "baseline": "AutoInt+MoE (baseline)", "qe": "QE ranker (stage 2)",

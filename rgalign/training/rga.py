@@ -19,7 +19,7 @@ pooling, projection, L2 norm; `candidate_latents`): the latent the reasoner woul
 reasoned that query itself. The ranker then scores the request's shown slate with it, and the
 reward says how well that ranking explains the logged clicks (`reward_scores`).
 
-Example (tiny models from :mod:`rgalign.models.tiny`)::
+Example (tiny models from ``tests/tiny.py``)::
 
     cands = candidate_queries(reasoner, tok, prompts, kb_texts, prior, n=8, seed=0)
     lat = candidate_latents(reasoner, tok, prompts, cands)                 # (R, 8, d)

@@ -39,7 +39,7 @@ from rgalign.training.context import (
     Context, Log, compute_latents, prefetch_test_latents, qe_config, ranker_kwargs, reasoner_config, require_reasoner,
     save_latents, test_latents,
 )
-from rgalign.training.run import STAGE_NAMES, RunDir, fingerprint_files
+from rgalign.artifacts.run import STAGE_NAMES, RunDir, fingerprint_files
 
 
 def parse_stages(spec: str) -> list[int]:

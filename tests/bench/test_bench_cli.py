@@ -88,13 +88,13 @@ def test_doctor_finds_the_cpu_path(capsys):
 @pytest.mark.triton
 def test_served_bench_against_a_real_server(bench_export, tmp_path):
     """The async clients over HTTP and gRPC against the deployed tiny export; ratios from them."""
-    from rgalign.bench.inputs import dataset_records
+    from rgalign.inference.records import dataset_records
     from rgalign.bench.ratios import compute_ratios
     from rgalign.bench.served import bench_served
     from rgalign.bench.timing import Budget
     from rgalign.data.encoders import FeatureEncoders
     from rgalign.io import read_json
-    from rgalign.serve.deploy import DeployOptions, deploy
+    from rgalign.serve.repository.deploy import DeployOptions, deploy
     from rgalign.serve.server import TritonServer
 
     repo = tmp_path / "repo"

@@ -32,7 +32,7 @@ def test_default_reasoner_figure_and_scaling():
 
 
 def test_from_hf_config_and_torch_count_agree():
-    from rgalign.models.tiny import tiny_reasoner
+    from tiny import tiny_reasoner
 
     r = tiny_reasoner()
     s = DecoderShape.from_hf_config(r.backbone.config.to_dict(), r.config.d_query)

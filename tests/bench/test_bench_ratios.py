@@ -6,7 +6,8 @@ import pytest
 
 from rgalign.bench.inputs import reasoner_feeds
 from rgalign.bench.ratios import compute_ratios, targets
-from rgalign.bench.served import _parse_pa_csv, _shape_of, grpc_url_for, perf_analyzer_input, split_url
+from rgalign.bench.served import parse_pa_csv, perf_analyzer_input
+from rgalign.serve.client import features_shape, grpc_url_for, host_port
 
 
 def _row(model, engine, p50, batch=1, seq=64, threads=2):
@@ -51,19 +52,19 @@ def test_no_rows_no_server():
 
 
 def test_served_helpers():
-    assert split_url("http://10.0.0.1:9000") == ("10.0.0.1", 9000)
-    assert split_url("localhost") == ("localhost", 8000)
+    assert host_port("http://10.0.0.1:9000") == ("10.0.0.1", 9000)
+    assert host_port("localhost") == ("localhost", 8000)
     assert grpc_url_for("127.0.0.1:8000") == "127.0.0.1:8001"
-    assert _shape_of([-1, 1], 1) == [1, 1] and _shape_of([-1], 3) == [3]
+    assert features_shape([-1, 1], 1) == [1, 1] and features_shape([-1], 3) == [3]
     data = perf_analyzer_input([{"a": 1}], [-1, 1])
     assert data == {"data": [{"features": ['{"a": 1}']}]}
     csv = "Concurrency,Inferences/Second,p50 latency,p95 latency,p99 latency\n1,250.5,3900,4100,5000\n"
-    assert _parse_pa_csv(csv) == {"throughput": 250.5, "p50_ms": 3.9, "p95_ms": 4.1, "p99_ms": 5.0}
+    assert parse_pa_csv(csv) == {"throughput": 250.5, "p50_ms": 3.9, "p95_ms": 4.1, "p99_ms": 5.0}
 
 
 def test_reasoner_feeds_have_exact_lengths():
-    from rgalign.export.pipeline import Preprocessor
-    from rgalign.models.tiny import TINY_FIELDS, tiny_requests, tiny_tokenizer
+    from rgalign.inference.preprocess import Preprocessor
+    from tiny import TINY_FIELDS, tiny_requests, tiny_tokenizer
 
     class _NoEncoders:
         pass

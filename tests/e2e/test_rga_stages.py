@@ -23,7 +23,7 @@ from rgalign.training.config import TrainConfig
 from rgalign.training.context import LATENTS, load_latents, prefetch_test_latents
 from rgalign.training.distributed import DistInfo
 from rgalign.training.evaluate import latent_queries
-from rgalign.training.run import RunDir, final_models
+from rgalign.artifacts.run import RunDir, final_models
 
 METRICS = {"auc", "gauc", "logloss", "error_rate", "recall@3", "ndcg@3", "hitrate@3"}
 ROUND0 = ["3-rg-sft", "4-dpo", "5-rg-cl", "6-calibrate"]

@@ -19,7 +19,7 @@ from rgalign.data.synth import synthesize
 from rgalign.errors import ConfigError, DataError
 from rgalign.training import trainer
 from rgalign.training.config import TrainConfig
-from rgalign.training.run import RunDir, final_models
+from rgalign.artifacts.run import RunDir, final_models
 
 METRICS = {"auc", "gauc", "logloss", "error_rate", "recall@3", "ndcg@3", "hitrate@3"}
 

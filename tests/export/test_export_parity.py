@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from rgalign.export.runtime import OrtRunner, TorchRunner, check_providers
+from rgalign.export.reference import TorchRunner
+
+from rgalign.inference.runtime import OrtRunner, check_providers
 from rgalign.export.specs import graph_module, left_padded, ranker_spec, reasoner_spec
 from rgalign.export.source import load_run
 from rgalign.export.validate import GateFailed, raise_if_failed, validate

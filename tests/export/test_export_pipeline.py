@@ -10,7 +10,9 @@ from rgalign.data.encoders import FeatureEncoders
 from rgalign.data.requests import build_requests
 from rgalign.data.synth import tiny_dataset
 from rgalign.errors import ExportError
-from rgalign.export import Pipeline, Ranked, TorchPipeline, postprocess
+from rgalign.export import TorchPipeline
+from rgalign.inference.pipeline import Pipeline
+from rgalign.inference.postprocess import Ranked, postprocess
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ def int8_export(tiny_int8_export: Path) -> Path:
 @pytest.fixture(scope="session")
 def int8_repo(int8_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """int8, python backend, max batch 16, a 2 ms queue delay so concurrent requests batch."""
-    from rgalign.serve.deploy import DeployOptions, deploy
+    from rgalign.serve.repository.deploy import DeployOptions, deploy
 
     repo = tmp_path_factory.mktemp("rel_repo") / "repo"
     deploy(int8_export, repo, DeployOptions(precision="int8", max_batch=MAX_BATCH, threads=1, queue_delay_us=2000))
@@ -57,9 +57,9 @@ class Served:
 def served(int8_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """`int8_repo` served as `rgalign serve` serves it: explicit model control, restricted admin
     APIs (key `ADMIN_KEY`), supervised (fast polling)."""
-    from rgalign.serve.admin import restricted_args
+    from rgalign.serve.server.admin import restricted_args
     from rgalign.serve.server import TritonServer
-    from rgalign.serve.supervisor import Supervisor, SupervisorOptions
+    from rgalign.serve.server.supervisor import Supervisor, SupervisorOptions
 
     log = tmp_path_factory.mktemp("rel_log") / "tritonserver.log"
     server = TritonServer(

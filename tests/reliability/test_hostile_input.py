@@ -14,7 +14,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from rgalign.serve.admin import GRPC_ADMIN_HEADER
+from rgalign.serve.server.admin import GRPC_ADMIN_HEADER
 from rgalign.bench.soak import bad_reply_problem, bad_requests, http_client, infer_raw, reference_answers
 
 pytestmark = pytest.mark.reliability

@@ -27,7 +27,7 @@ DRAIN_BOUND_S = 30.0  # drain (10 s at most) + Triton's exit timeout (5 s) + stu
 
 @pytest.fixture(scope="module")
 def live(int8_export: Path, tmp_path_factory: pytest.TempPathFactory):
-    from rgalign.serve.deploy import DeployOptions, deploy
+    from rgalign.serve.repository.deploy import DeployOptions, deploy
 
     repo = tmp_path_factory.mktemp("live") / "repo"
     deploy(int8_export, repo, DeployOptions(precision="int8", max_batch=16, threads=1))
@@ -54,7 +54,7 @@ def live(int8_export: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_deploy_onto_a_served_repo_is_refused_without_force(live):
-    from rgalign.serve.deploy import DeployOptions, deploy
+    from rgalign.serve.repository.deploy import DeployOptions, deploy
 
     before = (live["repo"] / "deploy.json").read_bytes()
     with pytest.raises(ServeError, match="is being served.*--force"):
@@ -68,8 +68,8 @@ def test_deploy_onto_a_served_repo_is_refused_without_force(live):
 
 
 def test_forced_deploy_reloads_the_server_from_disk(live, records):
-    from rgalign.export.pipeline import Pipeline
-    from rgalign.serve.deploy import DeployOptions, deploy
+    from rgalign.inference.pipeline import Pipeline
+    from rgalign.serve.repository.deploy import DeployOptions, deploy
 
     log = live["repo"] / "tritonserver.log"
     size_before = log.stat().st_size

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from rgalign.bench.soak import http_client, infer_raw
-from rgalign.serve.server import _proc_entries
+from rgalign.serve.server.supervisor import stub_pids
 
 pytestmark = pytest.mark.reliability
 
@@ -22,7 +22,7 @@ CLIENTS = 4
 
 
 def _stub_pid(server, model: str) -> int:
-    pids = [p for p, _g, c in _proc_entries() if server.shm_prefix in c and f"/{model}/1/model.py" in c]
+    pids = stub_pids(server.shm_prefix, model)
     assert pids, f"no stub of {model}"
     return pids[0]
 

@@ -21,7 +21,7 @@ MAX_BATCH = 8
 @pytest.fixture(scope="session")
 def serve_repo(serve_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``rgalign deploy`` of `serve_export` (python backend, fp32, max batch 8, 1 thread each)."""
-    from rgalign.serve.deploy import DeployOptions, deploy
+    from rgalign.serve.repository.deploy import DeployOptions, deploy
 
     repo = tmp_path_factory.mktemp("serve_repo") / "repo"
     deploy(serve_export, repo, DeployOptions(max_batch=MAX_BATCH, threads=1))

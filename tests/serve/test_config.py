@@ -6,7 +6,7 @@ import pytest
 from google.protobuf import text_format
 
 from rgalign.errors import ConfigError
-from rgalign.serve import config as tc
+from rgalign.serve.repository import config as tc
 
 mc = tc.mc
 

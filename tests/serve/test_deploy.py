@@ -13,8 +13,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from rgalign.errors import ConfigError, ExportError
-from rgalign.serve.deploy import DeployOptions, deploy
-from rgalign.serve.repo_readme import README_TEXT
+from rgalign.serve.repository.deploy import DeployOptions, deploy
+from rgalign.serve.repository.readme import README_TEXT
 
 STEPS = ("preprocess", "reasoner", "ranker", "postprocess")
 
@@ -115,7 +115,7 @@ def test_onnxruntime_backend_configs(serve_export, tmp_path):
     assert [s.model_name for s in parse(repo, "rgalign").ensemble_scheduling.step] == list(STEPS)
 
     from rgalign.errors import ServeError
-    from rgalign.serve.deploy import check_servable
+    from rgalign.serve.repository.deploy import check_servable
 
     with pytest.raises(ServeError, match="onnxruntime backend, which the nvidia-pytriton wheel"):
         check_servable(repo, wheel_server=True)

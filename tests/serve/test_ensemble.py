@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from rgalign.errors import ServeError
-from rgalign.export import Pipeline
+from rgalign.inference.pipeline import Pipeline
 from rgalign.serve.client import AsyncRgalignClient, RgalignClient
 from rgalign.serve.server import TritonServer, find_processes, shm_files
 

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from rgalign.export import Pipeline
-from rgalign.export.runtime import OrtRunner
-from rgalign.serve.client import _encode, split_url
+from rgalign.inference.pipeline import Pipeline
+from rgalign.inference.runtime import OrtRunner
+from rgalign.serve.client import encode_records, split_url
 from rgalign.serve.models.common import RequestError, left_pad, split_rows
 from rgalign.serve.models.postprocess import PostprocessStep
 from rgalign.serve.models.preprocess import PreprocessStep, decode_features
@@ -37,7 +37,7 @@ def steps(serve_repo):
 
 
 def features(records) -> np.ndarray:
-    return _encode(records)  # what the client sends: BYTES (B, 1)
+    return encode_records(records)  # what the client sends: BYTES (B, 1)
 
 
 def test_steps_chained_equal_the_pipeline(steps, pipe, serve_records):
@@ -119,5 +119,5 @@ def test_client_url_and_encoding():
         split_url("http://h:1", "grpc")
     with pytest.raises(ServeError, match="unknown scheme"):
         split_url("ftp://h:1")
-    enc = _encode([{"a": "é"}, '{"raw": 1}', b"{oops"])
+    enc = encode_records([{"a": "é"}, '{"raw": 1}', b"{oops"])
     assert enc.shape == (3, 1) and json.loads(enc[0, 0]) == {"a": "é"} and enc[2, 0] == b"{oops"

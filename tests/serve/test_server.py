@@ -1,6 +1,6 @@
 """A real tritonserver (the nvidia-pytriton wheel's) serving a toy python model and an ensemble.
 
-The repository is built with rgalign.serve.config, like `rgalign deploy` will build the real one.
+The repository is built with rgalign.serve.repository.config, like `rgalign deploy` will build the real one.
 One server is shared by the module; the lifecycle tests start their own.
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from rgalign.errors import ServeError
-from rgalign.serve import config as tc
+from rgalign.serve.repository import config as tc
 from rgalign.serve.server import TritonServer, find_processes, prepare_python_backend, shm_files
 
 pytestmark = pytest.mark.triton

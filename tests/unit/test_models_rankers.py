@@ -9,7 +9,7 @@ import torch
 from rgalign.errors import ConfigError
 from rgalign.models.baseline import AutoIntMoE, BaselineConfig
 from rgalign.models.qe_ranker import QERanker, QERankerConfig
-from rgalign.models.tiny import tiny_baseline, tiny_encoded, tiny_qe_ranker, tiny_requests
+from tiny import tiny_baseline, tiny_encoded, tiny_qe_ranker, tiny_requests
 
 N = 50
 B = 6

@@ -12,7 +12,7 @@ from transformers import BertConfig
 from rgalign.errors import ConfigError
 from rgalign.models.prompt import build_prompt, build_target
 from rgalign.models.reasoner import Reasoner, ReasonerConfig, build_backbone, last_token_index
-from rgalign.models.tiny import TINY_FIELDS, tiny_kb, tiny_reasoner, tiny_reasoner_config, tiny_requests, tiny_tokenizer
+from tiny import TINY_FIELDS, tiny_kb, tiny_reasoner, tiny_reasoner_config, tiny_requests, tiny_tokenizer
 from rgalign.models.tokenizer import encode_pairs, encode_prompts
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from rgalign.errors import DataError
 from rgalign.models.prompt import PromptFields, build_prompt, build_target, format_number
-from rgalign.models.tiny import TINY_FIELDS, tiny_kb, tiny_requests, tiny_tokenizer
+from tiny import TINY_FIELDS, tiny_kb, tiny_requests, tiny_tokenizer
 from rgalign.models.tokenizer import IGNORE_INDEX, encode_pairs, encode_prompts, load_tokenizer, train_tokenizer
 
 CORPUS = [build_prompt(r, TINY_FIELDS) for r in tiny_requests(200, seed=3)] + tiny_kb(50)[1]

@@ -137,7 +137,7 @@ def test_int8_pipeline_answers_do_not_depend_on_batch_mates(tiny_int8_export):
     from rgalign.data.encoders import FeatureEncoders
     from rgalign.data.requests import build_requests
     from rgalign.data.synth import tiny_dataset
-    from rgalign.export.pipeline import Pipeline
+    from rgalign.inference.pipeline import Pipeline
 
     assert batch_dependent_ops(tiny_int8_export / "reasoner" / "int8" / "model.onnx") == ["DynamicQuantizeLinear"]
     assert batch_dependent_ops(tiny_int8_export / "reasoner" / "fp32" / "model.onnx") == []

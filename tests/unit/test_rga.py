@@ -14,7 +14,7 @@ from rgalign import metrics
 from rgalign.errors import ConfigError, TrainError
 from rgalign.models.losses import listnet_loss
 from rgalign.models.prompt import build_prompt
-from rgalign.models.tiny import TINY_FIELDS, tiny_encoded, tiny_kb, tiny_qe_ranker, tiny_reasoner, tiny_requests
+from tiny import TINY_FIELDS, tiny_encoded, tiny_kb, tiny_qe_ranker, tiny_reasoner, tiny_requests
 from rgalign.models.tokenizer import encode_pairs, encode_prompts
 from rgalign.training import rga
 

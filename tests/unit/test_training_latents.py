@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rgalign.models.tiny import tiny_reasoner
+from tiny import tiny_reasoner
 from rgalign.training.distributed import DistInfo
 from rgalign.training.evaluate import latent_queries
 

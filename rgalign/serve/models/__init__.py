@@ -8,8 +8,8 @@ Each module holds the step's logic as plain functions and a class over numpy arr
 without a server), plus a thin ``TritonPythonModel`` that reads Triton requests, calls the logic
 and answers each request on its own: a bad request gets an ``INVALID_ARG`` error for itself only
 and the others batched with it are served. The logic is the in-process pipeline's
-(`rgalign.export.pipeline`: `Preprocessor`, `postprocess`; the same ONNX files through
-`rgalign.export.runtime.OrtRunner`), so what Triton serves is what the export gated.
+(`rgalign.inference`: `Preprocessor`, `postprocess`; the same ONNX files through
+`rgalign.inference.runtime.OrtRunner`), so what Triton serves is what the export gated.
 
 The generated ``REPO/<model>/1/model.py`` files are two-line shims importing
 ``TritonPythonModel`` from here: the serving interpreter must have rgalign installed (it is the

@@ -2,7 +2,7 @@
 
 Inputs ``topk_scores`` FP32 (B, K), ``topk_idx`` INT64 (B, K), ``all_scores`` FP32 (B, N), and the
 request's optional ``top_k`` INT32 (B, 1); outputs ``intent_ids`` BYTES (B, k) and ``scores``
-FP32 (B, k). It is `rgalign.export.pipeline.postprocess`: a ``top_k`` above the graph's K ranks
+FP32 (B, k). It is `rgalign.inference.postprocess.postprocess`: a ``top_k`` above the graph's K ranks
 the full scores, as the in-process pipeline does. ``top_k`` absent: the deployment's default
 (the export's ``serving.topk``).
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from rgalign.export.pipeline import postprocess
+from rgalign.inference.postprocess import postprocess
 from rgalign.io import read_json
 from rgalign.serve.models.common import (
     RequestError,

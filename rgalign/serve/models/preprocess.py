@@ -2,7 +2,7 @@
 
 Input ``features``: BYTES (B, 1), one JSON object of raw user and context features per batch item.
 Outputs: ``input_ids``, ``attention_mask`` INT64 (B, T) (left padded); ``cat`` INT64 (B, Fc);
-``num`` FP32 (B, Fn). It is `rgalign.export.pipeline.Preprocessor`, loaded from the export's
+``num`` FP32 (B, Fn). It is `rgalign.inference.preprocess.Preprocessor`, loaded from the export's
 serving files that deploy copies into ``preprocess/1/`` at their export paths (the manifest
 beside them), so ``Preprocessor.from_export(preprocess/1)`` reads them as it reads an export.
 
@@ -58,7 +58,7 @@ class PreprocessStep:
 
     @classmethod
     def from_dir(cls, folder: str | os.PathLike, limits: RequestLimits | None = None) -> PreprocessStep:
-        from rgalign.export.pipeline import Preprocessor
+        from rgalign.inference.preprocess import Preprocessor
 
         return cls(Preprocessor.from_export(folder), limits)
 

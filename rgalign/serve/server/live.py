@@ -27,8 +27,8 @@ from typing import Any
 
 from rgalign.errors import ServeError
 from rgalign.io import read_json
-from rgalign.serve.admin import KEY_FILE
-from rgalign.serve.server import _proc_entries
+from rgalign.serve.server.admin import KEY_FILE
+from rgalign.serve.server.procs import _proc_entries
 
 STATE_PATTERN = ".rgalign-serve.*.json"
 # Files of a running serve that live in the repository root and must survive a forced deploy.

@@ -1,21 +1,6 @@
 """Run a real Triton Inference Server as a child process: start, wait for readiness, stop cleanly.
 
-By default the server is the CPU ``tritonserver`` bundled in the ``nvidia-pytriton`` wheel; a
-container's binary can be given instead (``tritonserver=PATH``). What the wheel's server needs,
-measured (SPEC §6), and done here:
-
-- the wheel's ``backends/python/`` lacks ``triton_python_backend_stub``:
-  :func:`prepare_python_backend` builds a backend folder of our own with the stub for the running
-  Python;
-- ``LD_LIBRARY_PATH`` must hold the wheel's ``nvidia_pytriton.libs`` (the stub's RPATH,
-  ``$ORIGIN/../../../../nvidia_pytriton.libs``, no longer points there once it is copied; without
-  it the stub cannot start and the server hangs while loading) and the interpreter's ``LIBDIR``;
-  the venv's ``bin`` goes first on ``PATH`` so the stub's interpreter finds the venv's packages;
-- ``--disable-auto-complete-config --strict-model-config=true``: configs are complete (we write
-  them) and the server skips asking every backend to fill them in;
-- ``--http-port 0`` binds but never says which port: free ports are chosen here, and while
-  polling ``/v2/health/ready`` the process is checked to be alive (a dead server is reported with
-  the tail of its log, not waited on until the deadline).
+What the wheel's server needs (SPEC §6) is prepared in `binary.py`.
 
 The server runs in its own process group (so a terminal's Ctrl-C reaches us, not it, and leftover
 python-backend stubs can be found) and names its shared-memory regions with a prefix unique to
@@ -34,17 +19,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import importlib.util
 import logging
 import os
 import re
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
-import sys
-import sysconfig
 import tempfile
 import threading
 import time
@@ -55,272 +35,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rgalign.errors import ServeError
+from rgalign.serve.server.binary import find_tritonserver, free_ports, is_wheel_tritonserver, prepare_python_backend, server_env
+from rgalign.serve.server.procs import kill_leftovers, read_log_tail, remove_shm
 
 LOG = logging.getLogger(__name__)
 
-INSTALL_HINT = "run `pip install -e .[serve]` (nvidia-pytriton) or pass --tritonserver PATH"
-_STUB = "triton_python_backend_stub"
-_SHM_DIR = Path("/dev/shm")
-# Lines of the server log quoted in errors: enough to show the failing model and its traceback.
-_LOG_TAIL_LINES = 40
 # Seconds Triton waits at shutdown for in-flight requests *and idle client connections* (a client
 # that keeps its HTTP connection open holds the server for the whole timeout; Triton's default is
 # 30 s). Our requests take milliseconds, so 5 s is ample, keeps Ctrl-C prompt, and stays below
 # stop()'s default deadline of 20 s, so a graceful exit happens before we resort to SIGKILL.
 DEFAULT_EXIT_TIMEOUT_S = 5
-# Seconds the python-backend stubs get to exit on their own after the server has gone.
-_STUB_GRACE_S = 2.0
-
-
-# --------------------------------------------------------------------------------------------
-# Locating the binary and preparing the python backend
-
-
-def _pytriton_root() -> Path | None:
-    """The installed ``pytriton`` package folder, found without importing it (importing pytriton
-    pulls in its whole client stack)."""
-    spec = importlib.util.find_spec("pytriton")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _wheel_dirs() -> tuple[Path, Path]:
-    """``(pytriton/tritonserver, nvidia_pytriton.libs)`` of the installed wheel, or ServeError."""
-    root = _pytriton_root()
-    if root is None:
-        raise ServeError(
-            f"tritonserver not found: nvidia-pytriton is not installed; {INSTALL_HINT}"
-        )
-    return root / "tritonserver", root.parent / "nvidia_pytriton.libs"
-
-
-def find_tritonserver(path: str | os.PathLike[str] | None = None) -> Path:
-    """The ``tritonserver`` binary to run: ``path`` when given (a file, or a name on ``PATH``),
-    else the one inside the nvidia-pytriton wheel. Raises ServeError saying what to do."""
-    if path is not None:
-        candidate = Path(path).expanduser()
-        if not candidate.exists() and os.sep not in str(path):
-            found = shutil.which(str(path))
-            candidate = Path(found) if found else candidate
-        if not candidate.is_file():
-            raise ServeError(
-                f"tritonserver not found at {path}; pass --tritonserver PATH to an existing binary"
-            )
-        if not os.access(candidate, os.X_OK):
-            raise ServeError(
-                f"tritonserver at {candidate} is not executable; run `chmod +x {candidate}`"
-            )
-        return candidate.resolve()
-    server_dir, _ = _wheel_dirs()
-    binary = server_dir / "bin" / "tritonserver"
-    if not binary.is_file():
-        raise ServeError(
-            f"tritonserver not found: the nvidia-pytriton wheel has no {binary}; {INSTALL_HINT}"
-        )
-    return binary
-
-
-def is_wheel_tritonserver(binary: Path) -> bool:
-    """Whether ``binary`` is the nvidia-pytriton wheel's server (it needs our env and backend)."""
-    root = _pytriton_root()
-    if root is None:
-        return False
-    return Path(binary).resolve() == (root / "tritonserver" / "bin" / "tritonserver").resolve()
-
-
-def default_workdir() -> Path:
-    """Where rgalign keeps the prepared backend folder: ``$RGALIGN_CACHE_DIR`` or
-    ``$XDG_CACHE_HOME/rgalign`` (``~/.cache/rgalign``), then ``triton/``."""
-    base = os.environ.get("RGALIGN_CACHE_DIR")
-    if not base:
-        base = os.path.join(
-            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "rgalign"
-        )
-    return Path(base) / "triton"
-
-
-def _same_file(src: Path, dst: Path) -> bool:
-    try:
-        a, b = src.stat(), dst.stat()
-    except FileNotFoundError:
-        return False
-    return a.st_size == b.st_size and int(a.st_mtime) == int(b.st_mtime)
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    """Copy ``src`` to ``dst`` (mode and mtime kept) unless it is already there. Temp file then
-    ``os.replace``: a concurrent server never sees a half-copied stub."""
-    if _same_file(src, dst):
-        return
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
-    os.close(fd)
-    try:
-        shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def prepare_python_backend(workdir: str | os.PathLike[str] | None = None) -> Path:
-    """Build (idempotently) a Triton backend directory for the wheel's server and return it.
-
-    ``<workdir>/backends-py3.X/python/`` gets the wheel's ``libtriton_python.so`` and
-    ``triton_python_backend_utils.py`` plus ``triton_python_backend_stub`` for the running
-    interpreter's major.minor, copied from ``python_backend_stubs/3.X/``: the wheel ships no stub
-    beside the backend, and a stub built for another Python cannot load our packages. The folder
-    is per Python version, so venvs of different Pythons can share one workdir.
-    """
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    server_dir, _ = _wheel_dirs()
-    src_backend = server_dir / "backends" / "python"
-    stub = server_dir / "python_backend_stubs" / version / _STUB
-    if not stub.is_file():
-        stubs = (server_dir / "python_backend_stubs").glob("3.*")
-        available = sorted((p.name for p in stubs), key=lambda v: tuple(map(int, v.split("."))))
-        raise ServeError(
-            f"the nvidia-pytriton wheel has no python backend stub for Python {version} "
-            f"(it has {', '.join(available) or 'none'}); use one of those Pythons, or pass "
-            "--tritonserver PATH to a container's server"
-        )
-    sources = [
-        src_backend / "libtriton_python.so",
-        src_backend / "triton_python_backend_utils.py",
-        stub,
-    ]
-    missing = [str(p) for p in sources if not p.is_file()]
-    if missing:
-        raise ServeError(
-            f"the nvidia-pytriton wheel is incomplete (missing {', '.join(missing)}); "
-            f"reinstall it: {INSTALL_HINT}"
-        )
-    backends = Path(workdir) if workdir is not None else default_workdir()
-    backends = backends / f"backends-py{version}"
-    target = backends / "python"
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-        for src in sources:
-            _copy_atomic(src, target / src.name)
-    except OSError as e:
-        raise ServeError(
-            f"cannot prepare the python backend in {target}: {e}; "
-            "set RGALIGN_CACHE_DIR to a writable folder"
-        ) from e
-    return backends
-
-
-def server_env(binary: Path, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment the server (and its python-backend stubs) run with; see the module doc."""
-    env = dict(os.environ if base is None else base)
-    libs: list[str] = []
-    if is_wheel_tritonserver(binary):
-        libs.append(str(_wheel_dirs()[1]))
-    libdir = sysconfig.get_config_var("LIBDIR")
-    if libdir:
-        libs.append(libdir)
-    if env.get("LD_LIBRARY_PATH"):
-        libs.append(env["LD_LIBRARY_PATH"])
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(libs)
-    # Not resolved: a venv's python is a symlink, and its folder (with pyvenv.cfg one level up)
-    # is what makes the stub's interpreter use the venv's site-packages.
-    venv_bin = str(Path(sys.executable).parent)
-    env["PATH"] = os.pathsep.join([venv_bin, env["PATH"]]) if env.get("PATH") else venv_bin
-    return env
-
-
-def free_ports(host: str, count: int) -> list[int]:
-    """``count`` distinct ports free on ``host`` now (all held open together, so they differ).
-    Another process may still take one before the server binds it: start() retries then."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(family, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-# --------------------------------------------------------------------------------------------
-# Processes and shared memory left behind
-
-
-def _proc_entries() -> list[tuple[int, int, str]]:
-    """``(pid, process group, cmdline)`` of every visible process (Linux ``/proc``)."""
-    entries = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:  # exited meanwhile, or not ours to read
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) "
-        if fields and fields[0] == "Z":  # zombie: gone, its parent has not reaped it yet
-            continue
-        entries.append((int(entry.name), int(fields[2]), cmdline))
-    return entries
-
-
-def find_processes(pgid: int | None = None, marker: str | None = None) -> list[int]:
-    """Live pids in process group ``pgid`` or whose command line contains ``marker`` (our
-    python-backend stubs carry the server's shm prefix in their arguments)."""
-    return [
-        pid
-        for pid, group, cmdline in _proc_entries()
-        if pid != os.getpid()
-        and ((pgid is not None and pgid > 0 and group == pgid) or (marker and marker in cmdline))
-    ]
-
-
-def shm_files(prefix: str) -> list[Path]:
-    """The ``/dev/shm`` regions named with ``prefix``."""
-    if not prefix or not _SHM_DIR.is_dir():
-        return []
-    return sorted(_SHM_DIR.glob(f"{prefix}*"))
-
-
-# Error lines the CPU-only wheel server always prints; they say nothing about a failure.
-_NOISE = (
-    "CudaDriverHelper has not been initialized",
-    "unable to create stream",
-    "CUDA driver version is insufficient",
-)
-
-
-def _read_tail(path: Path | None, start: int = 0, lines: int = _LOG_TAIL_LINES) -> str:
-    """What to quote from the server log (from byte ``start``, where this run began) when it
-    fails: its error lines (``E...``; the failing model and its traceback are there) and then its
-    last lines, without the status tables."""
-    if path is None:
-        return "(no log)"
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(start, f.tell() - 256 * 1024))
-            text = f.read().decode(errors="replace")
-    except OSError as e:
-        return f"(cannot read {path}: {e})"
-    all_lines = [line.rstrip() for line in text.splitlines()]
-    errors = [
-        line for line in all_lines
-        if line[:1] == "E" and line[1:5].isdigit() and not any(n in line for n in _NOISE)
-    ]  # fmt: skip
-    last = [line for line in all_lines if line and line[:1] not in "|+"][-(lines // 2) :]
-    parts = []
-    if errors:
-        parts += ["errors:", *errors[-(lines // 2) :], "last lines:"]
-    parts += [line for line in last if line not in errors]
-    return "\n".join(parts) or "(empty log)"
-
-
-# --------------------------------------------------------------------------------------------
-# The server
 
 
 _LIVE: weakref.WeakSet[TritonServer] = weakref.WeakSet()
@@ -549,7 +273,7 @@ class TritonServer:
         while True:
             if self._proc is not None and self._proc.poll() is not None:
                 code = self._proc.returncode
-                tail = _read_tail(self.log_path, self._log_start)
+                tail = read_log_tail(self.log_path, self._log_start)
                 self._cleanup(failed=True)
                 in_use = _PORT_IN_USE.search(tail)
                 if in_use:
@@ -572,7 +296,7 @@ class TritonServer:
                 )
                 return
             if time.monotonic() >= deadline:
-                tail = _read_tail(self.log_path, self._log_start)
+                tail = read_log_tail(self.log_path, self._log_start)
                 self._cleanup(failed=True)
                 raise ServeError(
                     f"tritonserver not ready after {timeout:.0f} s "
@@ -626,22 +350,8 @@ class TritonServer:
             if proc.poll() is None:  # a failed start: nothing to wait for
                 self._killpg(signal.SIGKILL)
                 proc.wait()
-            deadline = time.monotonic() + _STUB_GRACE_S
-            while time.monotonic() < deadline and find_processes(proc.pid, self.shm_prefix):
-                time.sleep(0.05)
-            leftovers = find_processes(proc.pid, self.shm_prefix)
-            if leftovers:
-                LOG.warning(
-                    "killing %d process(es) tritonserver left behind: %s", len(leftovers), leftovers
-                )
-                for pid in leftovers:
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.kill(pid, signal.SIGKILL)
-        for path in shm_files(self.shm_prefix):
-            try:
-                path.unlink()
-            except OSError as e:  # pragma: no cover - another user's file cannot carry our prefix
-                LOG.warning("cannot remove %s: %s", path, e)
+            kill_leftovers(proc.pid, self.shm_prefix)
+        remove_shm(self.shm_prefix)
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None
@@ -649,6 +359,14 @@ class TritonServer:
             self.log_path.unlink(missing_ok=True)
         self._proc = None
         _LIVE.discard(self)
+
+    def crash_error(self) -> ServeError:
+        """For a server that exited by itself: clean up what it left (keeping its log) and return
+        the error to raise, with its exit code and the tail of its log."""
+        code = self._proc.returncode if self._proc is not None else None
+        tail = read_log_tail(self.log_path, self._log_start)
+        self._cleanup(failed=True)
+        return ServeError(f"tritonserver exited unexpectedly (code {code}); last lines of {self.log_path}:\n{tail}")
 
     def __enter__(self) -> TritonServer:
         if self._proc is None:
@@ -711,13 +429,7 @@ def run_forever(
             on_ready(server)
         while not stop_event.wait(poll_interval):
             if not server.is_running():
-                code = server._proc.returncode if server._proc is not None else None
-                tail = _read_tail(server.log_path, server._log_start)
-                server._cleanup(failed=True)
-                raise ServeError(
-                    f"tritonserver exited unexpectedly (code {code}); "
-                    f"last lines of {server.log_path}:\n{tail}"
-                )
+                raise server.crash_error()
         return received[0] if received else 0
     finally:
         server.stop(timeout=stop_timeout)

@@ -1,5 +1,6 @@
-"""Running a graph: ONNX Runtime sessions (with a check of the providers they really use), the
-PyTorch reference behind the same interface, and a quick latency measure.
+"""Running a graph: ONNX Runtime sessions (with a check of the providers they really use) and a
+quick latency measure. (The PyTorch reference behind the same interface is
+`rgalign.export.reference.TorchRunner`: this layer never imports torch.)
 
 A *runner* is any callable ``feeds -> outputs`` (numpy arrays by input / output name), so a
 gate, the in-process pipeline and the benchmarks work the same way on PyTorch, ONNX Runtime and
@@ -16,17 +17,15 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from rgalign.errors import ExportError
 
-if TYPE_CHECKING:
-    from torch import nn
 
-# torch is imported where it is used (TorchRunner): ONNX Runtime sessions, which Triton's
-# python-backend models open, need no torch, and importing it costs seconds per process.
+# no torch here: ONNX Runtime sessions, which Triton's python-backend models open, need none,
+# and importing it costs seconds per process (tests/unit/test_architecture.py checks it).
 
 Feeds = Mapping[str, np.ndarray]
 Runner = Callable[[Feeds], dict[str, np.ndarray]]
@@ -114,24 +113,6 @@ class OrtRunner:
     def __call__(self, feeds: Feeds) -> dict[str, np.ndarray]:
         outs = self.session.run(self.output_names, {k: feeds[k] for k in self.input_names})
         return dict(zip(self.output_names, outs))
-
-
-class TorchRunner:
-    """A PyTorch module as a runner (the reference): inputs in ``input_names`` order, outputs
-    named ``output_names`` in the module's return order. Runs under ``inference_mode``."""
-
-    def __init__(self, module: nn.Module, input_names: Sequence[str], output_names: Sequence[str]) -> None:
-        self.module = module.eval()
-        self.input_names = list(input_names)
-        self.output_names = list(output_names)
-
-    def __call__(self, feeds: Feeds) -> dict[str, np.ndarray]:
-        import torch
-
-        with torch.inference_mode():
-            out = self.module(*(torch.from_numpy(np.ascontiguousarray(feeds[k])) for k in self.input_names))
-        outs = out if isinstance(out, (tuple, list)) else (out,)
-        return {name: t.detach().cpu().numpy() for name, t in zip(self.output_names, outs)}
 
 
 def median_latency_ms(fn: Callable[[], Any], runs: int = 20, warmup: int = 2, budget_s: float = 0.5) -> float:

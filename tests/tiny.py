@@ -1,5 +1,5 @@
-"""Tiny, seeded, in-memory models and data for tests and quick benchmarks (as torchrec ships a
-random dataset in the library): a 50-intent KB, requests with 3 categorical, 2 numeric and 1 text
+"""Tiny, seeded, in-memory models and data for the tests (only the tests use them, so they live
+here, beside fakes.py, not in the package): a 50-intent KB, requests with 3 categorical, 2 numeric and 1 text
 feature, a tokenizer trained on them, a 2-layer reasoner (hidden 64) and both rankers.
 
 Everything here is deterministic in ``seed`` and builds in about a second on a 2-core CPU.

@@ -43,9 +43,10 @@ from typing import Any
 
 from rgalign.errors import ServeError
 from rgalign.io import write_json_atomic
-from rgalign.serve.admin import AdminClient
-from rgalign.serve.live import state_file
-from rgalign.serve.server import TritonServer, _proc_entries, _read_tail
+from rgalign.serve.server.admin import AdminClient
+from rgalign.serve.server.live import state_file
+from rgalign.serve.server.lifecycle import TritonServer
+from rgalign.serve.server.procs import _proc_entries, read_log_tail
 
 LOG = logging.getLogger(__name__)
 
@@ -92,6 +93,15 @@ class Event:
         return f"{what}{took}{': ' + self.detail if self.detail else ''}"
 
 
+def stub_pids(shm_prefix: str, model: str) -> list[int]:
+    """Pids of ``model``'s live python-backend stubs of the server with ``shm_prefix``."""
+    return [
+        pid
+        for pid, _group, cmdline in _proc_entries()
+        if shm_prefix in cmdline and "triton_python_backend_stub" in cmdline and f"/{model}/1/model.py" in cmdline
+    ]
+
+
 def stub_counts(shm_prefix: str) -> Counter[str]:
     """Live python-backend stubs of the server whose shm prefix is ``shm_prefix``, per model."""
     counts: Counter[str] = Counter()
@@ -106,7 +116,7 @@ def stub_counts(shm_prefix: str) -> Counter[str]:
 
 def configured_stubs(repo: Path) -> Counter[str]:
     """Python-backend models of ``repo`` and their configured instance count (stubs to expect)."""
-    from rgalign.serve.config import read_config
+    from rgalign.serve.repository.config import read_config
 
     counts: Counter[str] = Counter()
     for config_path in sorted(Path(repo).glob("*/config.pbtxt")):
@@ -215,7 +225,7 @@ class Supervisor:
         while self._restarts and now - self._restarts[0] > self.options.restart_window_s:
             self._restarts.popleft()
         if len(self._restarts) >= self.options.max_server_restarts:
-            tail = _read_tail(self.server.log_path, getattr(self.server, "_log_start", 0))
+            tail = read_log_tail(self.server.log_path, getattr(self.server, "_log_start", 0))
             raise ServeError(
                 f"tritonserver failed {len(self._restarts) + 1} times in {self.options.restart_window_s:.0f} s "
                 f"({reason}); giving up; last lines of {self.server.log_path}:\n{tail}"
@@ -309,7 +319,7 @@ class Supervisor:
 
 
 def write_state(repo: Path, server: TritonServer, key_file: Path | None) -> Path:
-    """``REPO/.rgalign-serve.<pid>.json``: who serves this repository (see `rgalign.serve.live`)."""
+    """``REPO/.rgalign-serve.<pid>.json``: who serves this repository (see `rgalign.serve.server.live`)."""
     deploy_json = repo / "deploy.json"
     state = {
         "pid": os.getpid(),

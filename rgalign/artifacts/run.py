@@ -62,14 +62,25 @@ def git_commit() -> str | None:
     return sha + ("-dirty" if dirty else "")
 
 
+def _hash_file(h: Any, path: Path) -> None:
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of one file's bytes (the manifest's record of each artifact and source file)."""
+    h = hashlib.sha256()
+    _hash_file(h, path)
+    return h.hexdigest()
+
+
 def fingerprint_files(paths: list[Path]) -> str:
     """sha256 over the names and bytes of ``paths`` (sorted): identifies a dataset or a run."""
     h = hashlib.sha256()
     for p in sorted(paths):
         h.update(p.name.encode())
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        _hash_file(h, p)
     return h.hexdigest()
 
 
@@ -167,3 +178,9 @@ def final_models(run: RunDir) -> tuple[Path, Path]:
     if not reasoner.is_dir():
         raise TrainError(f"{run.root}: the reasoner {info['reasoner']} recorded by {ranker.parent.name} is missing")
     return reasoner, ranker
+
+
+def run_dataset_path(run_json: dict[str, Any]) -> Path | None:
+    """The dataset folder recorded in a run's ``run.json``, if it still exists."""
+    path = (run_json.get("data") or {}).get("path")
+    return Path(path) if path and os.path.isdir(path) else None

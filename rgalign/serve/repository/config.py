@@ -13,7 +13,7 @@ A model repository looks like this (Triton's layout; ``1/`` is the only version 
 
 Example::
 
-    from rgalign.serve import config as tc
+    from rgalign.serve.repository import config as tc
 
     cfg = tc.python_model(
         "add_one",
@@ -32,7 +32,6 @@ marks a variable dimension.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from rgalign.errors import ConfigError, ServeError
+from rgalign.io import write_text_atomic
 
 try:
     # model_config_pb2 ships with tritonclient's grpc extra (the `serve` extra of rgalign).
@@ -442,19 +442,7 @@ def write_config(model_dir: str | os.PathLike[str], config: mc.ModelConfig) -> P
             f"model {config.name!r} must live in a folder of the same name, not {model_dir}"
         )
     validate(config)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    target = model_dir / CONFIG_FILENAME
-    fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".tmp", dir=model_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(to_text(config))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return write_text_atomic(model_dir / CONFIG_FILENAME, to_text(config))
 
 
 def version_dir(model_dir: str | os.PathLike[str], version: int = 1) -> Path:

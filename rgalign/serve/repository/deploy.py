@@ -15,12 +15,12 @@ optional ``top_k`` INT32 (B, 1); response ``intent_ids`` BYTES (B, k), ``scores`
 best first. Backends of ``reasoner`` and ``ranker``:
 
 - ``python``: ONNX Runtime inside Triton's python backend, through the same code as the
-  in-process `rgalign.export.Pipeline` (runs with the embedded CPU server of nvidia-pytriton);
+  in-process `rgalign.inference.Pipeline` (runs with the embedded CPU server of nvidia-pytriton);
 - ``onnxruntime``: Triton's own ONNX Runtime backend (optionally its TensorRT accelerator, GPU):
   a server with that backend (an NGC container) is needed, the nvidia-pytriton wheel has none;
 - ``tensorrt``: the export's TensorRT plans (``rgalign export --tensorrt``), GPU only.
 
-Configs are `rgalign.serve.config` protobuf messages. The four step models batch (dynamic
+Configs are `rgalign.serve.repository.config` protobuf messages. The four step models batch (dynamic
 batching, preferred sizes, a short queue delay); the ensemble cannot (see `ensemble_model`).
 Everything is written in a temporary folder beside REPO and swapped in at the end
 (`rgalign.io.atomic_dir`): a failed deploy leaves an existing REPO untouched.
@@ -32,7 +32,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,21 +40,20 @@ from typing import Any
 import numpy as np
 
 import rgalign
-from rgalign.errors import ConfigError, ExportError, ServeError
-from rgalign.export.pipeline import Preprocessor, read_manifest
-from rgalign.export.source import sha256_file
+from rgalign.artifacts.manifest import read_manifest
+from rgalign.artifacts.registry import ENSEMBLE, check_backend
+from rgalign.artifacts.run import sha256_file
+from rgalign.errors import ConfigError, ServeError
 from rgalign.inference.limits import RequestLimits
+from rgalign.inference.preprocess import Preprocessor
 from rgalign.io import atomic_dir, read_json, write_json_atomic, write_text_atomic
-from rgalign.serve import config as tc
-from rgalign.serve.live import carry_runtime_files, refuse_unless_forced, request_reload
-from rgalign.serve.repo_readme import README_TEXT
+from rgalign.progress import Progress, step_announcer
+from rgalign.serve.repository import config as tc
+from rgalign.serve.repository.readme import README_TEXT
+from rgalign.serve.repository.signature import Signature, model_files, signature
+from rgalign.serve.server.live import carry_runtime_files, refuse_unless_forced, request_reload
 
-BACKENDS = ("python", "onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
-ENSEMBLE = "rgalign"
 STEP_MODELS = ("preprocess", "reasoner", "ranker", "postprocess")
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -91,12 +90,7 @@ class DeployOptions:
     batch_invariant: bool = True
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(
-                f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}"
-            )
+        check_backend(self.backend, self.precision)
         if self.instances < 1:
             raise ConfigError(f"--instances must be >= 1, got {self.instances}")
         if self.max_batch < 1:
@@ -124,112 +118,6 @@ class DeployOptions:
         aims for (a batch of 2 is not worth waiting for)."""
         sizes = [b for b in (4, 8, 16, 32, 64, 128) if b < self.max_batch]
         return tuple(sizes + [self.max_batch])
-
-
-# ------------------------------------------------------------------------------------------------
-# Tensor specs from the export's IO signatures
-
-
-def _specs(signature: list[dict[str, Any]], known: Mapping[str, tuple[int, ...]]) -> list[tc.TensorSpec]:
-    """ONNX IO signature entries (batch first) -> TensorSpecs without the batch dimension.
-
-    A graph may leave a fixed dimension symbolic (torch's legacy exporter names output dims);
-    ``known`` gives the sizes the manifest states (``d_query``, ``n_intents``, ``topk``), and a
-    concrete dimension of the graph must agree with them."""
-    specs = []
-    for entry in signature:
-        shape = entry["shape"]
-        if not shape or isinstance(shape[0], int):
-            raise ExportError(
-                f"the exported input/output {entry['name']!r} has no dynamic batch dimension "
-                f"(shape {shape}); Triton batching needs one: re-export the run"
-            )
-        dims = tuple(d if isinstance(d, int) else -1 for d in shape[1:])
-        want = known.get(entry["name"])
-        if want is not None:
-            if len(want) != len(dims) or any(d not in (-1, w) for d, w in zip(dims, want)):
-                raise ExportError(
-                    f"the exported {entry['name']!r} has shape {shape}, but the manifest says "
-                    f"(batch, {', '.join(map(str, want))}); re-export the run"
-                )
-            dims = want
-        specs.append(tc.TensorSpec(entry["name"], entry["dtype"], dims))
-    return specs
-
-
-@dataclass(frozen=True)
-class _Signature:
-    reasoner_inputs: list[tc.TensorSpec]
-    reasoner_outputs: list[tc.TensorSpec]
-    ranker_inputs: list[tc.TensorSpec]
-    ranker_outputs: list[tc.TensorSpec]
-
-    def spec(self, name: str) -> tc.TensorSpec:
-        for s in self.reasoner_inputs + self.reasoner_outputs + self.ranker_inputs + self.ranker_outputs:
-            if s.name == name:
-                return s
-        raise ExportError(f"the exported graphs have no tensor {name!r}; re-export the run")
-
-
-def _signature(manifest: Mapping[str, Any], precision: str) -> _Signature:
-    arts = manifest["artifacts"]
-    r, k = arts[f"reasoner/{precision}"], arts[f"ranker/{precision}"]
-    serving = manifest["serving"]
-    d, n, top = int(serving["d_query"]), int(serving["n_intents"]), int(serving["topk"])
-    known = {
-        "latent_query": (d,), "query": (d,), "scores": (n,), "topk_scores": (top,), "topk_idx": (top,),
-    }  # fmt: skip
-    sig = _Signature(*(_specs(a[key], known) for a in (r, k) for key in ("inputs", "outputs")))
-    expected = {
-        "reasoner": ({"input_ids", "attention_mask"}, {"latent_query"}),
-        "ranker": ({"cat", "num", "query"}, {"scores", "topk_scores", "topk_idx"}),
-    }
-    got = {
-        "reasoner": ({s.name for s in sig.reasoner_inputs}, {s.name for s in sig.reasoner_outputs}),
-        "ranker": ({s.name for s in sig.ranker_inputs}, {s.name for s in sig.ranker_outputs}),
-    }
-    for model, want in expected.items():
-        if got[model] != want:
-            raise ExportError(
-                f"the exported {model} has inputs/outputs {got[model]}, expected {want}; "
-                "re-export the run with this version of rgalign"
-            )
-    return sig
-
-
-# ------------------------------------------------------------------------------------------------
-# Sources in the export
-
-
-def _artifact_path(export: Path, manifest: Mapping[str, Any], key: str, hint: str) -> Path:
-    art = manifest["artifacts"].get(key)
-    if art is None or "path" not in art:
-        have = sorted(k for k, v in manifest["artifacts"].items() if "path" in v)
-        raise ExportError(
-            f"{export}: the export has no {key} (it has {', '.join(have) or 'nothing'}); {hint}"
-        )
-    path = export / art["path"]
-    if not path.is_file():
-        raise ExportError(f"{export}: {art['path']} is listed in the manifest but missing; re-export")
-    if art.get("sha256") and sha256_file(path) != art["sha256"]:
-        raise ExportError(
-            f"{path} does not match the sha256 in {export}/manifest.json (changed since export?); "
-            "re-export the run"
-        )
-    return path
-
-
-def _model_files(export: Path, manifest: Mapping[str, Any], options: DeployOptions) -> dict[str, Path]:
-    """``{"reasoner": file, "ranker": file}`` for the chosen backend and precision."""
-    p = options.precision
-    if options.backend == "tensorrt":
-        hint = (
-            "TensorRT plans are built by `rgalign export --tensorrt` on a GPU machine with TensorRT; "
-            "or deploy with --backend python / onnxruntime"
-        )
-        return {m: _artifact_path(export, manifest, f"tensorrt/{m}_{p}", hint) for m in ("reasoner", "ranker")}
-    hint = f"re-run `rgalign export --precision {p}`"
-    return {m: _artifact_path(export, manifest, f"{m}/{p}", hint) for m in ("reasoner", "ranker")}
 
 
 def sample_record(encoders: Any) -> dict[str, Any]:
@@ -295,7 +183,7 @@ def _warmup(model_dir: Path, arrays: Mapping[str, np.ndarray]) -> list[Any]:
 
 
 def _write_preprocess(
-    repo: Path, export: Path, manifest: Mapping[str, Any], sig: _Signature, options: DeployOptions
+    repo: Path, export: Path, manifest: Mapping[str, Any], sig: Signature, options: DeployOptions
 ) -> dict[str, np.ndarray]:
     """preprocess/: config, shim, the export's serving files. Returns the warm-up sample's
     preprocessed tensors (the other steps warm up on them) and the tokenizer's pad id."""
@@ -382,7 +270,7 @@ def _write_graph_model(
     tc.write_config(model_dir, config)
 
 
-def _write_postprocess(repo: Path, export: Path, manifest: Mapping[str, Any], sig: _Signature,
+def _write_postprocess(repo: Path, export: Path, manifest: Mapping[str, Any], sig: Signature,
                        options: DeployOptions, default_k: int) -> None:
     model_dir = repo / "postprocess"
     files = tc.version_dir(model_dir)
@@ -463,18 +351,18 @@ def deploy(
     Raises ExportError when the export lacks what the options need (a precision, TensorRT
     plans), ConfigError for bad options. ``out`` is replaced only when everything was written.
     A running server of ``out`` is a ServeError unless ``force``: then the new repository
-    replaces it and the server reloads from it (`rgalign.serve.live`; summary["reload"]).
+    replaces it and the server reloads from it (`rgalign.serve.server.live`; summary["reload"]).
     """
     live = refuse_unless_forced(out, force)
     options = options or DeployOptions()
-    say = progress or (lambda _msg: None)
+    say = step_announcer(progress)
     export = Path(export_dir)
     manifest = read_manifest(export)
-    sources = _model_files(export, manifest, options)  # raises when the export lacks them
+    sources = model_files(export, manifest, options.backend, options.precision)  # raises when the export lacks them
     sig_precision = options.precision
     if options.backend == "tensorrt" and f"reasoner/{sig_precision}" not in manifest["artifacts"]:
         sig_precision = "fp32"  # the plans' tensors are the ONNX graphs' (names, dtypes, dims)
-    sig = _signature(manifest, sig_precision)
+    sig = signature(manifest, sig_precision)
     serving = manifest["serving"]
     n_intents = int(serving["n_intents"])
     default_k = options.default_top_k if options.default_top_k is not None else int(serving["topk"])

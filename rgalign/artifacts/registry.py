@@ -1,0 +1,68 @@
+"""The names every layer shares: precisions, serving backends, the two exported models and the
+ensemble's name. Export builds what `PRECISIONS` lists, deploy serves what it lists, the CLI offers
+it: a new precision or backend is one entry here, then its step (export) or writer (serve).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rgalign.errors import ConfigError, ExportError
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A numeric precision of an exported graph. ``tensorrt``: TensorRT builds an engine of it."""
+
+    name: str
+    tensorrt: bool
+    about: str
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A way Triton runs the graphs (`rgalign deploy --backend`)."""
+
+    name: str
+    about: str
+
+
+PRECISION_REGISTRY: dict[str, Precision] = {
+    p.name: p
+    for p in (
+        Precision("fp32", False, "the exported graph (fused where the fusions pass the fp32 gate)"),
+        Precision("fp16", True, "float16 weights and activations, made from the fp32 graph"),
+        Precision("int8", True, "the fastest int8 pair (dynamic or static QDQ) that passes the int8 gates"),
+    )
+}
+BACKEND_REGISTRY: dict[str, Backend] = {
+    b.name: b
+    for b in (
+        Backend("python", "ONNX Runtime inside Triton's python backend (works with the embedded server)"),
+        Backend("onnxruntime", "Triton's own ONNX Runtime backend (optionally with the TensorRT accelerator)"),
+        Backend("tensorrt", "Triton's TensorRT backend on the export's engines"),
+    )
+}
+
+PRECISIONS: tuple[str, ...] = tuple(PRECISION_REGISTRY)  # canonical order: fp32 first
+TRT_PRECISIONS: tuple[str, ...] = tuple(p.name for p in PRECISION_REGISTRY.values() if p.tensorrt)
+BACKENDS: tuple[str, ...] = tuple(BACKEND_REGISTRY)
+MODELS = ("reasoner", "ranker")  # the two graphs of an export, in pipeline order
+ENSEMBLE = "rgalign"  # the Triton ensemble `rgalign deploy` writes and clients ask
+
+
+def parse_precisions(precisions: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """"fp32,int8" or a sequence -> a tuple in canonical order; `ExportError` on anything else."""
+    items = [p.strip() for p in (precisions.split(",") if isinstance(precisions, str) else precisions) if p.strip()]
+    unknown = [p for p in items if p not in PRECISIONS]
+    if unknown or not items:
+        raise ExportError(f"unknown precision(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(PRECISIONS)}")
+    return tuple(p for p in PRECISIONS if p in items)
+
+
+def check_backend(backend: str, precision: str) -> None:
+    """`ConfigError` for a backend or precision no registry entry names."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
