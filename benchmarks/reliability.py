@@ -141,6 +141,8 @@ def run_recovery(export: Path, work: Path, clients: int) -> dict:
                     r = infer_raw(c, [json.dumps(records[i % len(records)]).encode()])
                     log.append((t0, time.monotonic(), r.ok))
                     i += clients
+                    if not r.ok:
+                        time.sleep(0.02)  # a client backs off a little after a failure
                 c.close()
 
             threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
@@ -170,8 +172,8 @@ def run_recovery(export: Path, work: Path, clients: int) -> dict:
                 "last_failure_after_kill_s": round(max((e - killed for s, e, ok in log if not ok), default=0.0), 3),
                 # failed requests sent before the kill: in flight (or queued) when the stub died
                 "lost_in_flight": sum(1 for s, _e, ok in log if not ok and s < killed),
-                # failed requests sent after it: refused at once while the model reloaded (the
-                # clients retry immediately, so this counts attempts, not users)
+                # failed requests sent after it: refused at once while the model reloaded (each
+                # client retries 20 ms after a failure, so this counts attempts, not users)
                 "refused_while_reloading": sum(1 for s, _e, ok in log if not ok and s >= killed),
                 "requests_total": len(log),
                 "not_ready_from_s": round(min(not_ready), 3) if not_ready else None,

@@ -41,6 +41,8 @@ def test_killed_stub_is_recovered_under_load(served, records, model):
             r = infer_raw(c, [json.dumps(records[i % len(records)]).encode()])
             log.append((t0, time.monotonic(), r.ok))
             i += CLIENTS
+            if not r.ok:
+                time.sleep(0.02)  # a client backs off a little after a failure
         c.close()
 
     threads = [threading.Thread(target=client, args=(c,)) for c in range(CLIENTS)]
@@ -62,13 +64,14 @@ def test_killed_stub_is_recovered_under_load(served, records, model):
         t.join(timeout=60)
 
     after = [(s - killed_at, e - killed_at, ok) for s, e, ok in log if s >= killed_at]
-    lost = [x for x in log if not x[2]]
+    lost = [x for x in log if not x[2] and x[0] < killed_at]  # in flight when the stub died
     first_ok = min((e for s, e, ok in after if ok), default=None)
     assert first_ok is not None and first_ok < RECOVERY_BOUND_S, (first_ok, lost)
     assert any(not ready for _t, ready in ready_trace), "health never said not-ready"
     assert server.is_ready()
-    # lost: those in flight at the kill (and queued behind them) plus any sent while unloading
-    assert len(lost) <= 4 * CLIENTS, len(lost)
+    # lost: requests already sent when the stub died (one per client, plus one being answered);
+    # requests sent while the model reloads are refused at once and succeed once it is back
+    assert len(lost) <= 2 * CLIENTS, len(lost)
     kinds = [e.kind for e in served.supervisor.events[events_before:]]
     assert "stub-died" in kinds and "recovered" in kinds, kinds
 
