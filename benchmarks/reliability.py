@@ -347,7 +347,8 @@ def run_drain(export: Path, work: Path, clients: int) -> dict:
     sig_at = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     code = proc.wait(timeout=120)
-    exit_s = time.monotonic() - sig_at
+    exited_at = time.monotonic()
+    exit_s = exited_at - sig_at
     stop.set()
     for t in ts:
         t.join()
@@ -363,6 +364,9 @@ def run_drain(export: Path, work: Path, clients: int) -> dict:
         "refused_404_after_sigterm": sum(1 for r in replies if r[1] >= sig_at and r[2] == "404"),
         "failed_otherwise": sorted({r[2] for r in replies if r[2] not in ("200", "404")}),
         "failed_otherwise_count": sum(1 for r in replies if r[2] not in ("200", "404")),
+        # ... of which answered while the server process was still up (the rest: connection
+        # refused or closed once it had exited)
+        "failed_otherwise_before_exit": sum(1 for r in replies if r[2] not in ("200", "404") and r[1] < exited_at),
         "supervisor_lines": [l for l in out_file.read_text().splitlines() if "supervisor" in l or "stopped" in l],
     }
     print(f"drain: {out}", flush=True)

@@ -164,3 +164,14 @@ def test_ddp_two_processes_give_the_same_artifacts(tiny_data, tiny_run, tmp_path
     assert multi == single
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["test"]) == {"baseline", "qe"}
+
+
+def test_eval_of_a_truncated_ranker_is_one_line(tiny_run, tiny_data, tmp_path):
+    out, _ = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    weights = copy / "stages" / "2-reward" / "ranker" / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size // 2)
+    r = CliRunner().invoke(app, ["eval", str(copy), str(tiny_data)])
+    assert r.exit_code != 0
+    assert "model.safetensors is unreadable" in r.output and "Traceback" not in r.output
