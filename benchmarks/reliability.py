@@ -187,11 +187,55 @@ def run_recovery(export: Path, work: Path, clients: int) -> dict:
     return {"clients": clients, "precision": "int8", "per_stub": results}
 
 
+def in_process_invariance(export: Path, records: list[dict], seconds: float = 5.0) -> dict:
+    """The int8 `Pipeline` in process, batched graphs vs row-wise: top-3 changes (alone vs
+    batches of 16), batch-16 throughput, batch-1 latency."""
+    from rgalign.inference.pipeline import Pipeline
+    from rgalign.inference.runtime import OrtRunner
+
+    row_wise = Pipeline.from_export(export, "int8", threads=1)
+    batched = Pipeline(
+        row_wise.preprocessor,
+        OrtRunner.load(export / "reasoner" / "int8" / "model.onnx", threads=1),
+        OrtRunner.load(export / "ranker" / "int8" / "model.onnx", threads=1),
+        row_wise.intent_ids,
+    )
+    pipes = {"row_wise": row_wise, "batched": batched}
+    out: dict = {}
+    for name, pipe in pipes.items():
+        alone = [pipe([r], k=3)[0] for r in records]
+        together = [a for s in range(0, len(records), 16) for a in pipe(records[s : s + 16], k=3)]
+        out[name] = {"top3_changed_alone_vs_batched": int(sum(a.intent_ids != b.intent_ids for a, b in zip(alone, together)))}
+    # interleaved call by call, so that both see the same machine load (it moves a lot here)
+    spent = {name: 0.0 for name in pipes}
+    calls = {name: 0 for name in pipes}
+    lat: dict[str, list[float]] = {name: [] for name in pipes}
+    t_end = time.perf_counter() + 2 * seconds
+    n = 0
+    while time.perf_counter() < t_end:
+        batch = records[(n % 4) * 16 : (n % 4) * 16 + 16]
+        for name, pipe in pipes.items():
+            t = time.perf_counter()
+            pipe(batch, k=3)
+            spent[name] += time.perf_counter() - t
+            calls[name] += 1
+            t = time.perf_counter()
+            pipe([records[n % len(records)]], k=3)
+            lat[name].append(time.perf_counter() - t)
+        n += 1
+    for name in pipes:
+        out[name]["batch16_rps"] = round(calls[name] * 16 / spent[name], 1)
+        out[name]["batch1_p50_ms"] = round(float(np.median(lat[name])) * 1e3, 2)
+    out["batch16_ratio_row_wise_vs_batched"] = round(out["row_wise"]["batch16_rps"] / out["batched"]["batch16_rps"], 3)
+    print(f"invariance in process: {out}", flush=True)
+    return out
+
+
 def run_invariance(export: Path, work: Path, seconds: float, clients: int) -> dict:
     from rgalign.bench.soak import http_client, infer_raw, reference_answers
 
     records = records_of()
-    out = {}
+    out = {"in_process": in_process_invariance(export, records)}
     for invariant in (True, False):
         served = Served(export, "int8", work, batch_invariant=invariant, queue_delay_us=2000)
         try:
@@ -239,18 +283,19 @@ def run_invariance(export: Path, work: Path, seconds: float, clients: int) -> di
             lat = [infer_raw(c, [json.dumps(records[i % len(records)]).encode()]).seconds for i in range(200)]
             c.close()
             key = "row_wise" if invariant else "batched"
-            out[key] = {
+            out.setdefault("served", {})[key] = {
                 "top3_changed_alone_vs_batched": changed,
                 "of": len(records),
                 "max_score_diff": max_diff,
                 f"throughput_{clients}_clients_rps": round(throughput, 1),
                 "batch1_p50_ms": round(float(np.median(lat)) * 1e3, 2),
             }
-            print(f"invariance {key}: {out[key]}", flush=True)
+            print(f"invariance served {key}: {out['served'][key]}", flush=True)
         finally:
             served.close()
-    out["throughput_ratio_row_wise_vs_batched"] = round(
-        out["row_wise"][f"throughput_{clients}_clients_rps"] / out["batched"][f"throughput_{clients}_clients_rps"], 3
+    served = out["served"]
+    served["throughput_ratio_row_wise_vs_batched"] = round(
+        served["row_wise"][f"throughput_{clients}_clients_rps"] / served["batched"][f"throughput_{clients}_clients_rps"], 3
     )
     return out
 
