@@ -238,7 +238,8 @@ def test_fused_repository(fused_repo, serve_export, serve_repo):
     assert cfg.backend == "python" and cfg.max_batch_size == 8 and cfg.response_cache.enable
     assert list(cfg.dynamic_batching.preferred_batch_size) == [4, 8]
     assert {k: v.string_value for k, v in cfg.parameters.items()} == {
-        "precision": "fp32", "threads": "1", "default_top_k": str(record["default_top_k"])}
+        "precision": "fp32", "threads": "1", "default_top_k": str(record["default_top_k"]),
+        "max_item_bytes": "65536", "max_text_chars": "4096", "batch_invariant": "1"}  # the steps' limits
     # the same contract as the ensemble's
     ensemble = parse(serve_repo, "rgalign")
     assert io(cfg) == io(ensemble)

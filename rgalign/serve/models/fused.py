@@ -8,12 +8,13 @@ instead of the ensemble's four, and no tensor crosses shared memory between step
 
 Per Triton batch (the requests the dynamic batcher hands over together):
 
-    each request: decode JSON, check top_k, preprocess  (a bad one gets INVALID_ARG, alone)
+    each request: check sizes, decode JSON, check top_k, preprocess  (a bad one gets its error)
     all good requests: left-pad tokens to the longest, one reasoner call, one ranker call
     each request: postprocess with its own k
 
-The pieces are the ensemble's (`decode_features`, `PreprocessStep`, `left_pad`,
-`PostprocessStep`), so both layouts answer the same and reject the same requests the same way.
+The pieces are the ensemble's (`PreprocessStep` with the deployment's `RequestLimits`, `left_pad`,
+`PostprocessStep`, `respond_each`'s per-request isolation), so both layouts answer the same and
+reject the same requests the same way; the runners are the Pipeline's, batch invariant.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from rgalign.inference.limits import RequestLimits
 from rgalign.serve.models.common import (
     RequestError,
     input_array,
@@ -46,17 +48,31 @@ class FusedStep:
     through ``pipeline`` (an `rgalign.export.Pipeline`): preprocessing per request, the two
     graphs once for the whole batch, postprocessing per request."""
 
-    def __init__(self, pipeline: Any, default_k: int) -> None:
+    def __init__(self, pipeline: Any, default_k: int, limits: RequestLimits | None = None) -> None:
         self.pipeline = pipeline
-        self.preprocess = PreprocessStep(pipeline.preprocessor)
+        self.preprocess = PreprocessStep(pipeline.preprocessor, limits)
         self.postprocess = PostprocessStep(pipeline.intent_ids, default_k)
         self.pad_token_id = int(pipeline.preprocessor.tokenizer.pad_token_id)
 
     @classmethod
-    def from_dir(cls, folder: str | os.PathLike, precision: str, threads: int, default_k: int) -> FusedStep:
+    def from_dir(cls, folder: str | os.PathLike, precision: str, threads: int, default_k: int,
+                 limits: RequestLimits | None = None, batch_invariant: bool = True) -> FusedStep:
+        """The Pipeline of the export laid out in ``folder``. Its runners are batch invariant
+        (`rgalign.inference.batch_invariance`) unless ``batch_invariant`` is False (always
+        batched, like the ensemble's ``batch_invariant=0``)."""
         from rgalign.inference.pipeline import Pipeline
 
-        return cls(Pipeline.from_export(folder, precision, threads=threads or None), default_k)
+        pipeline = Pipeline.from_export(folder, precision, threads=threads or None)
+        if not batch_invariant:
+            from rgalign.artifacts.manifest import artifact_path, read_manifest
+            from rgalign.inference.batch_invariance import load_runner
+
+            manifest = read_manifest(folder)
+            pipeline.reasoner, pipeline.ranker = (
+                load_runner(artifact_path(folder, manifest, m, precision), threads=threads or None, batch_invariant=False)
+                for m in ("reasoner", "ranker")
+            )
+        return cls(pipeline, default_k, limits)
 
     def read(self, features: np.ndarray | None, top_k: np.ndarray | None) -> Item:
         """One request -> its model inputs and k; RequestError for a request it cannot serve."""
@@ -90,6 +106,8 @@ class TritonPythonModel:
             precision=params.get("precision", "fp32"),
             threads=int_parameter(params, "threads", 0),
             default_k=int_parameter(params, "default_top_k", 3),
+            limits=RequestLimits.from_dict(params),
+            batch_invariant=int_parameter(params, "batch_invariant", 1) != 0,
         )
 
     def execute(self, requests: list[Any]) -> list[Any]:
@@ -97,4 +115,5 @@ class TritonPythonModel:
             requests,
             lambda r: self.step.read(input_array(r, "features"), input_array(r, "top_k")),
             self.step,
+            model="rgalign",
         )

@@ -58,9 +58,11 @@ def fused_config(
     precision: str,
     threads: int,
     default_k: int,
+    extra: Mapping[str, str] = {},  # noqa: B006 - read only
 ) -> Any:
     """The ``rgalign`` model's config: the ensemble's inputs and outputs, dynamic batching, and
-    the response cache enabled (see the module doc)."""
+    the response cache enabled (see the module doc); ``extra`` parameters (request limits,
+    ``batch_invariant``) as the step models of the ensemble get them."""
     config = tc.python_model(
         MODEL,
         inputs=[
@@ -72,7 +74,7 @@ def fused_config(
         dynamic_batching=batching,
         instance_groups=groups,
         warmup=warmup,
-        parameters={"precision": precision, "threads": str(threads), "default_top_k": str(default_k)},
+        parameters={"precision": precision, "threads": str(threads), "default_top_k": str(default_k), **extra},
     )
     config.response_cache.enable = True
     return config
