@@ -34,7 +34,9 @@ from rgalign.training import loops
 from rgalign.training.alignment import RGA_STAGES
 from rgalign.training.config import TrainConfig
 from rgalign.training.distributed import DistInfo, barrier, init_distributed
-from rgalign.training.evaluate import baseline_forward, qe_forward, ranker_metrics
+from rgalign.training.evaluate import (
+    baseline_forward, cohort_masks, popularity_metrics, qe_forward, ranker_metrics,
+)
 from rgalign.training.context import (
     Context, Log, compute_latents, prefetch_test_latents, qe_config, ranker_kwargs, reasoner_config, require_reasoner,
     save_latents, test_latents,
@@ -291,18 +293,21 @@ def _stage_models(run: RunDir, index: int, round_: int) -> tuple[Path, Path] | N
 def evaluate_run(ctx: Context) -> dict[str, Any]:
     """Test metrics of every finished model of the run -> ``RUN/metrics.json`` (the ablation):
     ``test`` holds baseline, qe (stage 2), qe_rga (the last calibrate stage) and qe_refit (that
-    stage's control: the same ranker re-fit on the unaligned latents); ``per_stage`` every finished
-    stage, in training order."""
+    stage's control: the same ranker re-fit on the unaligned latents); ``popularity`` the item
+    popularity reference on the same split; ``per_stage`` every finished stage, in training order.
+    Every row carries GAUC per cohort (seen/cold intents and users, see `cohort_masks`)."""
     k = ctx.config.eval_k
     test = ctx.splits["test"]
+    cohorts = cohort_masks(test, ctx.splits["train"])
 
     def qe_metrics(reasoner_dir: Path, ranker_dir: Path) -> dict[str, float]:
-        return ranker_metrics(QERanker.load(ranker_dir), test, test_latents(ctx, reasoner_dir), k=k)
+        return ranker_metrics(QERanker.load(ranker_dir), test, test_latents(ctx, reasoner_dir), k=k, cohorts=cohorts)
 
     per_stage: dict[str, dict[str, float]] = {}
     for index, round_ in _finished_stages(ctx.run):
         if index == 0:
-            per_stage[stage_label(0, 0)] = ranker_metrics(AutoIntMoE.load(ctx.run.stage_dir(0) / "ranker"), test, k=k)
+            per_stage[stage_label(0, 0)] = ranker_metrics(AutoIntMoE.load(ctx.run.stage_dir(0) / "ranker"), test, k=k,
+                                                          cohorts=cohorts)
         elif (pair := _stage_models(ctx.run, index, round_)) is not None:
             per_stage[stage_label(index, round_)] = qe_metrics(*pair)
     per_model: dict[str, dict[str, float]] = {}
@@ -322,6 +327,8 @@ def evaluate_run(ctx: Context) -> dict[str, Any]:
         base = per_model["baseline"]
         out["relative_to_baseline"] = {m: relative_deltas(v, base) for m, v in per_model.items() if m != "baseline"}
         out["absolute_to_baseline"] = {m: abs_deltas(v, base) for m, v in per_model.items() if m != "baseline"}
+    # the reference every recommender reports: rank by the intents' smoothed training like rate
+    out["popularity"] = popularity_metrics(ctx.splits["train"], test, ctx.encoders.num_intents, k=k, cohorts=cohorts)
     out["per_stage"] = per_stage
     out["stages"] = {
         stage_label(i, r): {k2: v for k2, v in ctx.run.stage_info(i, r).items() if k2 not in ("stage", "name")}
