@@ -32,7 +32,26 @@ def _read_config(path: Path | None) -> dict | None:
         raise ConfigError(f"--config {path}: cannot parse: {e}") from None
 
 
-def print_metrics(result: dict) -> None:
+def ordering_line(result: dict) -> str | None:
+    """One line: the test GAUC of popularity and each model, best last, and whether the paper's
+    ordering holds (QE+RGA > QE > baseline >= popularity)."""
+    test, pop = result.get("test", {}), result.get("popularity")
+    names = [m for m in ("baseline", "qe", "qe_rga") if m in test]
+    if not names:
+        return None
+    g = {m: test[m]["gauc"] for m in names}
+    if pop:
+        g = {"popularity": pop["gauc"], **g}
+    ranked = sorted(g.items(), key=lambda kv: kv[1])
+    chain = f"{ranked[0][0]} {ranked[0][1]:.4f}" + "".join(
+        f" {'=' if v == prev else '<'} {m} {v:.4f}" for (_, prev), (m, v) in zip(ranked, ranked[1:]))
+    want = [m for m in ("popularity", "baseline", "qe", "qe_rga") if m in g]
+    holds = all(g[a] < g[b] or (a == "popularity" and g[a] <= g[b]) for a, b in zip(want, want[1:]))
+    order = " > ".join(reversed([m for m in want if m != "popularity"])) + (" >= popularity" if "popularity" in want else "")
+    return f"test GAUC: {chain}; ordering {order}: {'holds' if holds else 'does not hold'}"
+
+
+def print_metrics(result: dict, note: str | None = None) -> None:
     """The ablation table: one row per model, deltas relative to the baseline, and the item
     popularity reference (so a user sees at a glance whether the models beat it); then GAUC by
     cohort (seen / cold intents and users)."""
@@ -60,6 +79,11 @@ def print_metrics(result: dict) -> None:
                 table.add_row("  vs baseline", *[f"{100 * rel[name].get(k, float('nan')):+.2f}%" for k in cols],
                               style="dim")
         console.print(table)
+    line = ordering_line(result)
+    if line:
+        console.print(line, highlight=False)
+    if note:
+        console.print(note, highlight=False)
     shares = {c.removeprefix("gauc_"): first[f"share_{c.removeprefix('gauc_')}"] for c in cohorts
               if f"share_{c.removeprefix('gauc_')}" in first}
     if shares:
