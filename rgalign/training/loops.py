@@ -131,7 +131,7 @@ class EarlyStopping:
     The valid GAUC is checked every epoch, or every ``min_check_steps`` steps where an epoch is
     shorter (a small log's epoch can be a handful of steps, too few to tell a trend from noise).
     A check that does not beat the best so far sends training back to the best weights at half
-    the learning rate (fresh optimizer moments); ``patience`` such checks in a row stop training;
+    the learning rate; ``patience`` such checks in a row stop training;
     ``max_epochs`` bounds it. The best check's weights are restored,
     including the starting weights (check 0), so a ranker never ends below where it started.
     """
@@ -247,12 +247,13 @@ def _train_ranker(model, forward, train, valid, *, stop, batch_size, lr, weight_
                         if bad >= stop.patience:
                             stopped = True
                             break
-                        # backtrack: from the best weights again, at half the rate, with fresh
-                        # optimizer moments (a rate too high for this data overshoots the prior
-                        # the ranker starts from; it is the rate that adapts, not the schedule)
+                        # backtrack: from the best weights again, at half the rate (a rate too
+                        # high for this data overshoots the prior the ranker starts from; it is
+                        # the rate that adapts, not a schedule fixed in advance). The optimizer's
+                        # moments are kept: fresh ones make Adam's first steps lr-sized in every
+                        # weight, a jump that undid what the lower rate was to refine
                         scale *= 0.5
                         model.load_state_dict(best[2])
-                        opt = torch.optim.AdamW(model.parameters(), lr=lr * scale, weight_decay=weight_decay)
                 if step >= max_steps:
                     break
             epoch += 1
