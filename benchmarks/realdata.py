@@ -34,10 +34,18 @@ COLUMNS = ("gauc", "error_rate", "auc", "logloss", "recall@3", "gauc_seen_intent
            "gauc_seen_users", "gauc_cold_users")
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
 def rgalign(*args: str) -> None:
-    cmd = [str(Path(sys.executable).parent / "rgalign"), *args]
-    print("$", " ".join(shlex.quote(a) for a in cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    """``rgalign ARGS`` with this repository's code (``python -m rgalign``, the repository first on
+    the path), whatever copy of the package the environment has installed."""
+    import os
+
+    cmd = [sys.executable, "-m", "rgalign", *args]
+    print("$ rgalign", " ".join(shlex.quote(a) for a in args), flush=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    subprocess.run(cmd, check=True, env=env)
 
 
 def fetch_movielens(work: Path) -> Path:
@@ -138,11 +146,11 @@ def main() -> int:
     results: dict[str, dict[int, dict]] = {}
     for name in args.datasets.split(","):
         if args.table_only:
-            runs = {s: args.work / name / f"seed{s}" for s in seeds}
+            runs = {s: args.work / "runs" / name / f"seed{s}" for s in seeds}
             results[name] = {s: train(Path("-"), r, s) for s, r in runs.items() if (r / "metrics.json").is_file()}
             continue
         data = fetch_movielens(args.work) if name == "movielens" else synthetic(args.work)
-        results[name] = {s: train(data, args.work / name / f"seed{s}", s) for s in seeds}
+        results[name] = {s: train(data, args.work / "runs" / name / f"seed{s}", s) for s in seeds}
     args.out.mkdir(parents=True, exist_ok=True)
     md = "\n".join(table(n, r) for n, r in results.items() if r)
     (args.out / "realdata.md").write_text(md)
