@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from rgalign.errors import ConfigError
-from rgalign.models.checkpoint import config_from_dict, read_checkpoint, save_module
+from rgalign.models.checkpoint import config_from_dict, read_checkpoint, save_module, upgrade_ranker_state
 from rgalign.models.layers import IntentIds, FieldEmbedding, InteractingLayer, MixtureOfExpertsScorer
 
 KIND = "baseline_autoint_moe"
@@ -136,5 +136,5 @@ class AutoIntMoE(nn.Module):
     def load(cls, directory: str | os.PathLike) -> AutoIntMoE:
         config, state = read_checkpoint(directory, KIND)
         model = cls(BaselineConfig.from_dict(config))
-        model.load_state_dict(state)
+        model.load_state_dict(upgrade_ranker_state(state, model.state_dict()))
         return model.eval()

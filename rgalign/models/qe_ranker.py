@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from rgalign.errors import ConfigError
-from rgalign.models.checkpoint import config_from_dict, read_checkpoint, save_module
+from rgalign.models.checkpoint import config_from_dict, read_checkpoint, save_module, upgrade_ranker_state
 from rgalign.models.layers import IntentIds, CrossAttention, FieldEmbedding, InteractingLayer, MixtureOfExpertsScorer
 
 KIND = "qe_ranker"
@@ -226,5 +226,5 @@ class QERanker(nn.Module):
     def load(cls, directory: str | os.PathLike) -> QERanker:
         config, state = read_checkpoint(directory, KIND)
         model = cls(QERankerConfig.from_dict(config))
-        model.load_state_dict(state)
+        model.load_state_dict(upgrade_ranker_state(state, model.state_dict()))
         return model.eval()
