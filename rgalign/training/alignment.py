@@ -257,9 +257,24 @@ def stage_dpo(ctx: Context, round_: int) -> None:
     if len(pairs) > c.max_pairs:
         keep = np.sort(np.random.default_rng(seed).choice(len(pairs), c.max_pairs, replace=False))
         pairs = [pairs[i] for i in keep]
-    if not pairs:
+    if not pairs and rga.dpo_pairs([prompts_all[p["row"]] for p in pools], [p["candidates"] for p in pools],
+                                   rewards, min_margin=0.0):
         raise TrainError(f"stage 4: no (best, worst) pair has a reward margin >= {c.min_margin} among {len(pools)} "
                          "pools; lower dpo.min_margin or raise rg_sft.max_requests in the --config file")
+    if not pairs:
+        # every pool a tie: the reward model does not read the latent query (a ranker that early
+        # stopping kept at its start, item popularity, is such a model). There is no preference
+        # to learn: the RG-SFT reasoner goes on unchanged, and stage.json says why.
+        reason = (f"no (best, worst) pair has a reward margin >= {c.min_margin} among {len(pools)} pools: the "
+                  "reward model scores every candidate query alike")
+
+        def keep_policy(d: Path) -> None:
+            Reasoner.load(src / "reasoner").save(d / "reasoner")
+
+        ctx.finish(4, keep_policy, {"seconds": 0.0, "pairs": 0, "pairs_available": 0, "pools": len(pools),
+                                    "skipped": reason, "policy_from": ctx.relative(src / "reasoner")}, round_)
+        ctx.log(f"stage 4 dpo (round {round_}): skipped, {reason}")
+        return
     # a held-out share of the pairs, never trained on: whether DPO learned a preference that
     # generalises (reward accuracy, loss vs ln 2) is read on them, not on the training batches
     n_held = int(round(c.held_out_fraction * len(pairs))) if len(pairs) >= 10 else 0

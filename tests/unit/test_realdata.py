@@ -288,3 +288,21 @@ def test_cohort_masks_and_gauc():
     sel = c["seen_intents"]
     assert out["gauc_seen_intents"] == pytest.approx(
         metrics.gauc(test.labels[sel], probs[sel], np.broadcast_to(test.groups[:, None], sel.shape)[sel]))
+
+
+def test_ranker_checkpoints_from_before_issue_12_load(tmp_path, tiny_requests):
+    from safetensors.torch import load_file, save_file
+
+    from rgalign.models.baseline import AutoIntMoE
+
+    enc, sp = tiny_requests
+    model = _baseline(enc).eval()
+    model.save(tmp_path / "r")
+    state = load_file(str(tmp_path / "r" / "model.safetensors"))
+    # the older layout: intent_emb / intent_bias, no gate, no cold ids
+    old = {{"intent_ids.emb.weight": "intent_emb.weight", "intent_ids.bias": "intent_bias"}.get(k, k): v
+           for k, v in state.items() if k not in ("gate", "intent_ids.cold_emb", "intent_ids.cold_bias", "intent_ids.known")}
+    save_file(old, str(tmp_path / "r" / "model.safetensors"))
+    again = AutoIntMoE.load(tmp_path / "r")
+    cat, num = torch.from_numpy(sp["test"].cat[:4]), torch.from_numpy(sp["test"].num[:4])
+    torch.testing.assert_close(again.score_all(cat, num), model.score_all(cat, num))
