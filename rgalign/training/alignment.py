@@ -253,23 +253,24 @@ def stage_dpo(ctx: Context, round_: int) -> None:
     pairs = rga.dpo_pairs([prompts_all[p["row"]] for p in pools], [p["candidates"] for p in pools], rewards,
                           min_margin=c.min_margin)
     available = len(pairs)
+    best_margin = rga.best_of_n(rewards)[2] if len(pools) else torch.zeros(0)
     seed = _stage_seed(ctx, 4, round_)
     if len(pairs) > c.max_pairs:
         keep = np.sort(np.random.default_rng(seed).choice(len(pairs), c.max_pairs, replace=False))
         pairs = [pairs[i] for i in keep]
-    if not pairs and rga.dpo_pairs([prompts_all[p["row"]] for p in pools], [p["candidates"] for p in pools],
-                                   rewards, min_margin=0.0):
-        raise TrainError(f"stage 4: no (best, worst) pair has a reward margin >= {c.min_margin} among {len(pools)} "
-                         "pools; lower dpo.min_margin or raise rg_sft.max_requests in the --config file")
     if not pairs:
-        # every pool a tie: the reward model does not read the latent query (a ranker that early
-        # stopping kept at its start, item popularity, is such a model). There is no preference
-        # to learn: the RG-SFT reasoner goes on unchanged, and stage.json says why.
-        reason = (f"no (best, worst) pair has a reward margin >= {c.min_margin} among {len(pools)} pools: the "
-                  "reward model scores every candidate query alike")
+        # no preference clears the reward model's noise: it scores the candidate queries (almost)
+        # alike, e.g. a ranker that early stopping kept near its start, item popularity, reads
+        # little of the latent query. DPO on such pairs would learn the noise: the RG-SFT
+        # reasoner goes on unchanged, and stage.json says why (a config can lower dpo.min_margin)
+        top = float(best_margin.max()) if len(best_margin) else 0.0
+        reason = (f"no (best, worst) pair has a reward margin >= {c.min_margin} among {len(pools)} pools (largest "
+                  f"{top:.4f}): the reward model scores the candidate queries almost alike")
 
         def keep_policy(d: Path) -> None:
-            Reasoner.load(src / "reasoner").save(d / "reasoner")
+            import shutil
+
+            shutil.copytree(src / "reasoner", d / "reasoner")
 
         ctx.finish(4, keep_policy, {"seconds": 0.0, "pairs": 0, "pairs_available": 0, "pools": len(pools),
                                     "skipped": reason, "policy_from": ctx.relative(src / "reasoner")}, round_)
