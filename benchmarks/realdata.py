@@ -85,7 +85,14 @@ def train(data: Path, run: Path, seed: int) -> dict:
         rgalign("train", str(data), "--out", str(run), "--config", str(cfg))
         timing.write_text(json.dumps({"seconds": time.perf_counter() - t0}))
     out = json.loads((run / "metrics.json").read_text())
-    out["wall_seconds"] = json.loads(timing.read_text())["seconds"] if timing.is_file() else None
+    if timing.is_file():
+        out["wall_seconds"] = json.loads(timing.read_text())["seconds"]
+    else:  # trained by another invocation: from run.json's creation to metrics.json's writing
+        import calendar
+
+        created = json.loads((run / "run.json").read_text())["created"]
+        start = calendar.timegm(time.strptime(created, "%Y-%m-%dT%H:%M:%SZ"))
+        out["wall_seconds"] = (run / "metrics.json").stat().st_mtime - start
     return out
 
 
