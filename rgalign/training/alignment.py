@@ -273,7 +273,9 @@ def stage_dpo(ctx: Context, round_: int) -> None:
             shutil.copytree(src / "reasoner", d / "reasoner")
 
         ctx.finish(4, keep_policy, {"seconds": 0.0, "pairs": 0, "pairs_available": 0, "pools": len(pools),
-                                    "skipped": reason, "policy_from": ctx.relative(src / "reasoner")}, round_)
+                                    "skipped": reason, "policy_from": ctx.relative(src / "reasoner"),
+                                    "reference": ctx.relative(src / "reasoner"),
+                                    "frozen_unchanged": {"reference": True}}, round_)  # copied, never loaded
         ctx.log(f"stage 4 dpo (round {round_}): skipped, {reason}")
         return
     # a held-out share of the pairs, never trained on: whether DPO learned a preference that
