@@ -15,6 +15,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_PIN)"
 	$(BIN)/python -m pip install --quiet -e ".[serve,test]"
+	@# NVIDIA's perf_analyzer for `rgalign bench` / `rgalign tune`: the binary of the tritonclient
+	@# 2.51.0 wheel (pip download, no install), into rgalign's cache folder. Optional: without it
+	@# the benchmarks use rgalign's own client and the perf_analyzer tests skip, saying why.
+	-$(BIN)/rgalign install-perf-analyzer
 	touch $@
 
 install: $(VENV)/.installed

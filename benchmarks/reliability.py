@@ -73,7 +73,7 @@ class Served:
         from rgalign.serve.server.supervisor import Supervisor, SupervisorOptions
 
         repo = work / f"repo-{precision}-{len(list(work.iterdir()))}"
-        deploy(export, repo, DeployOptions(precision=precision, max_batch=16, threads=1, **deploy_kw))
+        deploy(export, repo, DeployOptions(precision=precision, max_batch=16, threads=1, layout="ensemble", **deploy_kw))
         self.server = TritonServer(
             repo, model_control="explicit", log_file=work / f"{repo.name}.log", extra_args=restricted_args(KEY)
         ).start(timeout=180)
@@ -356,7 +356,7 @@ def run_drain(export: Path, work: Path, clients: int) -> dict:
 
     records = records_of()
     repo = work / "drain-repo"
-    deploy(export, repo, DeployOptions(precision="int8", max_batch=16, threads=1))
+    deploy(export, repo, DeployOptions(precision="int8", max_batch=16, threads=1, layout="ensemble"))
     out_file = work / "drain-serve.out"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
     with open(out_file, "wb") as f:

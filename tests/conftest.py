@@ -29,8 +29,16 @@ def _gpu_missing() -> str | None:
     return gpu_missing()
 
 
+def _perf_analyzer_missing() -> str | None:
+    from rgalign.bench.perf_analyzer import available
+
+    binary, about = available()
+    return None if binary is not None else about
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    checks = {"triton": _tritonserver_missing, "reliability": _tritonserver_missing, "gpu": _gpu_missing}
+    checks = {"triton": _tritonserver_missing, "reliability": _tritonserver_missing, "gpu": _gpu_missing,
+              "perf_analyzer": _perf_analyzer_missing}
     reasons: dict[str, str | None] = {}
     for item in items:
         for marker, check in checks.items():

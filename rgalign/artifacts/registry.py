@@ -1,5 +1,5 @@
-"""The names every layer shares: precisions, serving backends, the two exported models and the
-ensemble's name. Export builds what `PRECISIONS` lists, deploy serves what it lists, the CLI offers
+"""The names every layer shares: precisions, serving backends and layouts, the two exported models
+and the ensemble's name. Export builds what `PRECISIONS` lists, deploy serves what it lists, the CLI offers
 it: a new precision or backend is one entry here, then its step (export) or writer (serve).
 """
 
@@ -44,9 +44,28 @@ BACKEND_REGISTRY: dict[str, Backend] = {
     )
 }
 
+@dataclass(frozen=True)
+class Layout:
+    """How the pipeline is laid out as Triton models (`rgalign deploy --layout`)."""
+
+    name: str
+    about: str
+
+
+LAYOUT_REGISTRY: dict[str, Layout] = {
+    layout.name: layout
+    for layout in (
+        Layout("fused", "one python-backend model running the whole in-process Pipeline: one process, no "
+               "shared-memory hop per request (python backend only)"),
+        Layout("ensemble", "preprocess -> reasoner -> ranker -> postprocess chained by a Triton ensemble "
+               "(any backend)"),
+    )
+}
+
 PRECISIONS: tuple[str, ...] = tuple(PRECISION_REGISTRY)  # canonical order: fp32 first
 TRT_PRECISIONS: tuple[str, ...] = tuple(p.name for p in PRECISION_REGISTRY.values() if p.tensorrt)
 BACKENDS: tuple[str, ...] = tuple(BACKEND_REGISTRY)
+LAYOUTS: tuple[str, ...] = tuple(LAYOUT_REGISTRY)
 MODELS = ("reasoner", "ranker")  # the two graphs of an export, in pipeline order
 ENSEMBLE = "rgalign"  # the Triton ensemble `rgalign deploy` writes and clients ask
 
@@ -66,3 +85,20 @@ def check_backend(backend: str, precision: str) -> None:
         raise ConfigError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+
+
+def default_layout(backend: str) -> str:
+    """``fused`` for the python backend (measured faster there: README "Serving"), ``ensemble``
+    where a native backend runs the graphs (the ensemble is what uses it)."""
+    return "fused" if backend == "python" else "ensemble"
+
+
+def check_layout(layout: str, backend: str) -> None:
+    """`ConfigError` for a layout no registry entry names, or fused with a native backend."""
+    if layout not in LAYOUTS:
+        raise ConfigError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
+    if layout == "fused" and backend != "python":
+        raise ConfigError(
+            "the fused layout runs ONNX Runtime inside the python backend: use --backend python, "
+            "or --layout ensemble for the onnxruntime and tensorrt backends"
+        )

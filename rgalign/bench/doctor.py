@@ -218,20 +218,17 @@ def check_tritonserver() -> Check:
 
 
 def check_perf_analyzer() -> Check:
-    from rgalign.bench.served import _pa_env, find_perf_analyzer
+    """NVIDIA's perf_analyzer (tritonclient 2.51.0's binary, `rgalign.bench.perf_analyzer`):
+    found and runs, so `rgalign bench --url` and `rgalign tune` measure with it."""
+    from rgalign.bench import perf_analyzer
 
-    binary, where = find_perf_analyzer()
+    binary, about = perf_analyzer.available()
+    fix = ("run `rgalign install-perf-analyzer` (or `make install`); without it `rgalign bench` "
+           "measures with its own client and `rgalign tune` cannot run")
     if binary is None:
-        return Check("perf_analyzer", MISSING, "not found", where.split(": ", 1)[-1])
-    try:
-        proc = subprocess.run([os.fspath(binary), "--help"], env=_pa_env(), capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return Check("perf_analyzer", BROKEN, f"{binary}: {first_line(e, typed=True, limit=200)}", "use a Triton SDK container")
-    text = proc.stdout + proc.stderr
-    if "perf_analyzer" not in text and "Usage" not in text:
-        return Check("perf_analyzer", BROKEN, f"{binary} does not run: {text.strip()[:200]}",
-                     "it needs libb64 / libcudart on the library path (the nvidia-pytriton libs have them)")
-    return Check("perf_analyzer", OK, f"{binary} (from {where})")
+        found, _ = perf_analyzer.find()
+        return Check("perf_analyzer", BROKEN if found else MISSING, about, fix)
+    return Check("perf_analyzer", OK, about)
 
 
 CHECKS: tuple[Callable[[], Check | list[Check]], ...] = (

@@ -15,6 +15,11 @@ batch 1, a 64-token prompt (or the longest measured prompt when max_len is short
     triton_overhead_grpc_ms        the same over gRPC
     triton_c16_vs_c1_throughput    ensemble throughput at concurrency 16 / at 1, HTTP (>= 3)
     triton_c16_vs_c1_throughput_grpc
+    triton_saturation_vs_inprocess the best served throughput (any protocol and concurrency) /
+                                   the in-process pipeline's best batched throughput (>= 0.9)
+
+Served figures come from perf_analyzer where it runs, else from rgalign's own client: the notes
+name the source.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ TARGETS = (
     ("reasoner_int8_vs_flop_floor", "<=", 3.0, "reasoner ORT int8 within 3x of the FLOP floor"),
     ("triton_overhead_ms", "<=", 2.0, "Triton ensemble p50 above the in-process ORT pipeline, batch 1, c=1 (ms)"),
     ("triton_c16_vs_c1_throughput", ">=", 3.0, "Triton ensemble throughput at concurrency 16 vs 1"),
+    ("triton_saturation_vs_inprocess", ">=", 0.9, "served throughput at saturation vs the in-process pipeline's best batched"),
 )
 
 
@@ -107,18 +113,28 @@ def compute_ratios(
         else "not measured: needs the ORT int8 reasoner and the model's FLOP count (its source run)")
 
     pipe = p50("pipeline", f"onnxruntime-{precision}")
+    source = (served or {}).get("source", "rgalign client")
+    best_served = max((lv["throughput"] for p in ("http", "grpc") for lv in ((served or {}).get(p) or {}).get("levels", [])
+                       if lv.get("status") == "OK" and lv.get("throughput")), default=None)
+    best_pipe = max((r["throughput"] for r in rows if r["model"] == "pipeline" and r["engine"] == f"onnxruntime-{precision}"
+                     and r.get("status") == "OK" and r.get("throughput")), default=None)
+    ratios["triton_saturation_vs_inprocess"] = _div(best_served, best_pipe)
+    notes["triton_saturation_vs_inprocess"] = (
+        f"best served throughput ({source}) / best in-process onnxruntime-{precision} pipeline throughput over batch sizes"
+        if ratios["triton_saturation_vs_inprocess"] is not None
+        else "not measured: needs served levels and in-process pipeline rows")
     for protocol, suffix in (("http", ""), ("grpc", "_grpc")):
         c1, c16 = level(served, protocol, 1), level(served, protocol, 16)
         over = None if c1 is None or pipe is None else round(c1["p50_ms"] - pipe, 4)
         ratios[f"triton_overhead{suffix}_ms"] = over
         notes[f"triton_overhead{suffix}_ms"] = (
-            f"{protocol} ensemble p50 at concurrency 1 minus in-process onnxruntime-{precision} pipeline p50, batch 1"
+            f"{protocol} served p50 ({source}) at concurrency 1 minus in-process onnxruntime-{precision} pipeline p50, batch 1"
             if over is not None else
             ("not measured: no server (--url)" if not served else
              f"not measured: needs the {protocol} level at concurrency 1 and the in-process {precision} pipeline"))
         ratios[f"triton_c16_vs_c1_throughput{suffix}"] = _div(c16 and c16["throughput"], c1 and c1["throughput"])
         notes[f"triton_c16_vs_c1_throughput{suffix}"] = (
-            f"{protocol} ensemble throughput at concurrency 16 / at 1"
+            f"{protocol} served throughput ({source}) at concurrency 16 / at 1"
             if ratios[f"triton_c16_vs_c1_throughput{suffix}"] is not None
             else ("not measured: no server (--url)" if not served else
                   f"not measured: needs {protocol} levels at concurrency 1 and 16"))

@@ -114,7 +114,8 @@ def markdown(result: Mapping[str, Any]) -> str:
 
     served = result.get("served")
     if served:
-        lines += [f"## Served: Triton ensemble `{served.get('model')}` ({served.get('request')})", ""]
+        lines += [f"## Served: Triton model `{served.get('model')}` ({served.get('request')}), "
+                  f"measured with {served.get('source', 'rgalign client')}", ""]
         body = []
         for protocol in ("http", "grpc"):
             p = served.get(protocol) or {}
@@ -128,14 +129,19 @@ def markdown(result: Mapping[str, Any]) -> str:
         if body:
             lines += [""] + _table(["protocol", "concurrency", "p50", "p95", "p99", "req/s", "requests", "status"], body)
         pa = served.get("perf_analyzer") or {}
-        if pa.get("status") == "SKIPPED":
-            lines += [f"perf_analyzer: not present ({pa.get('reason')})", ""]
-        elif pa.get("runs"):
-            lines += ["perf_analyzer:", ""]
-            lines += _table(["protocol", "concurrency", "status", "p50", "p95", "p99", "infer/s"],
-                            [[r["protocol"], r["concurrency"], r["status"] if r["status"] == "OK" else r.get("reason"),
-                              r.get("p50_ms"), r.get("p95_ms"), r.get("p99_ms"), r.get("throughput")]
-                             for r in pa["runs"]])
+        if pa.get("status") in ("SKIPPED", "FAIL"):
+            lines += [f"perf_analyzer: {pa['status']} ({pa.get('reason')}); the figures above are rgalign's client's", ""]
+        split = [[protocol, lv["concurrency"], lv.get("server_queue_ms"), lv.get("server_compute_input_ms"),
+                  lv.get("server_compute_infer_ms"), lv.get("server_compute_output_ms"),
+                  ", ".join(f"{m} {c.get('queue_ms', 0):.2f}+{c.get('compute_infer_ms', 0):.2f}"
+                            for m, c in sorted((lv.get("composing") or {}).items()))]
+                 for protocol in ("http", "grpc") for lv in (served.get(protocol) or {}).get("levels", [])
+                 if lv.get("status") == "OK" and "server_queue_ms" in lv]  # fmt: skip
+        if split:
+            lines += ["Server side (perf_analyzer, ms per request): queue and compute of the model asked; per "
+                      "composing model of an ensemble, queue + compute infer.", ""]
+            lines += _table(["protocol", "concurrency", "queue", "compute input", "compute infer",
+                             "compute output", "composing"], split)
     else:
         lines += ["## Served", "", "Not measured: no `--url`.", ""]
 

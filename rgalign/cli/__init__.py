@@ -24,6 +24,7 @@ from rgalign.cli import export as _export  # noqa: F401,E402
 from rgalign.cli import bench as _bench  # noqa: F401,E402
 from rgalign.cli import doctor as _doctor  # noqa: F401,E402
 from rgalign.cli import serve as _serve  # noqa: F401,E402
+from rgalign.cli import tune as _tune  # noqa: F401,E402
 
 
 def _usage_error_types() -> tuple[type[Exception], ...]:

@@ -80,3 +80,17 @@ def bench_cmd(
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
     console.print(f"wrote [bold]{escape(str(out))}[/]/bench.json, bench.md, bench.png in {result['seconds']:.0f} s",
                   highlight=False)
+
+
+@app.command("install-perf-analyzer")
+def install_perf_analyzer_cmd(
+    wheel: Path | None = typer.Option(None, "--wheel", help="A downloaded tritonclient-2.51.0 wheel (default: pip downloads it)."),
+    force: bool = typer.Option(False, "--force", help="Install again even if it is there."),
+) -> None:
+    """Install NVIDIA's perf_analyzer (from the tritonclient 2.51.0 wheel) for `bench` and `tune`."""
+    from rgalign.bench import perf_analyzer
+
+    with console.status("installing perf_analyzer ..."):
+        binary = perf_analyzer.install(wheel, force=force)
+        about = perf_analyzer.version(binary)
+    console.print(f"perf_analyzer {about}: [bold]{escape(str(binary))}[/]", highlight=False)

@@ -41,6 +41,11 @@ def deploy_cmd(
     trt_accelerator: bool = typer.Option(
         False, "--trt-accelerator", help="onnxruntime backend: TensorRT execution accelerator (GPU)."
     ),
+    layout: str = typer.Option(
+        "auto", "--layout",
+        help="ensemble (four models chained by Triton) or fused (one python model running the whole "
+        "pipeline); auto: fused for --backend python, ensemble otherwise.",
+    ),
     max_item_bytes: int = typer.Option(
         65536, "--max-item-bytes", min=64, help="Largest JSON of one request item, in bytes (refused above: 400)."
     ),
@@ -58,6 +63,7 @@ def deploy_cmd(
         backend=backend, precision=precision, instances=instances, max_batch=max_batch,
         queue_delay_us=queue_delay_us, threads=threads, default_top_k=top_k or None,
         tensorrt_accelerator=trt_accelerator, max_item_bytes=max_item_bytes, max_text_chars=max_text_chars,
+        layout=layout,
     )  # fmt: skip
     with console.status("deploying ...") as status:
         summary = deploy(
@@ -71,7 +77,8 @@ def deploy_cmd(
         table.add_row(model, escape(str(out / model / "config.pbtxt")))
     console.print(table)
     console.print(
-        f"deployed {escape(str(export))} -> [bold]{escape(str(out))}[/] (backend {backend}, {precision}, "
+        f"deployed {escape(str(export))} -> [bold]{escape(str(out))}[/] ({summary['layout']} layout, "
+        f"backend {backend}, {precision}, "
         f"max batch {max_batch}, default top_k {summary['default_top_k']}) in {summary['seconds']:.1f} s; "
         f"serve it with `rgalign serve {escape(str(out))}`",
         highlight=False, soft_wrap=True,
@@ -95,6 +102,9 @@ def serve_cmd(
     ),
     start_timeout: float = typer.Option(120.0, "--start-timeout", min=1, help="Seconds to wait for readiness."),
     log_verbose: int = typer.Option(0, "--log-verbose", min=0, help="Triton's --log-verbose level."),
+    cache_mb: int = typer.Option(
+        0, "--cache-mb", min=0, help="Triton's local response cache, in MiB (0: off); repeated requests are answered from it."
+    ),
     admin_key: str = typer.Option(
         None, "--admin-key", envvar="RGALIGN_ADMIN_KEY", show_envvar=True,
         help="Key of the restricted admin APIs (header rgalign-admin); default: a random one, "
@@ -112,24 +122,27 @@ def serve_cmd(
     from rgalign.serve.server.admin import admin_key as make_key
     from rgalign.serve.repository.deploy import check_servable
     from rgalign.serve.server import TritonServer, find_tritonserver, is_wheel_tritonserver
+    from rgalign.serve.server.cache import server_args
     from rgalign.serve.server.supervisor import SupervisorOptions, serve
 
     if not repo.is_dir():
         raise ConfigError(f"model repository {repo} does not exist; run `rgalign deploy EXPORT --out {repo}`")
-    check_servable(repo, is_wheel_tritonserver(find_tritonserver(tritonserver)))
+    binary = find_tritonserver(tritonserver)
+    check_servable(repo, is_wheel_tritonserver(binary))
     log_path = log_file if log_file is not None else repo / "tritonserver.log"  # ignored by Triton
     key_file = log_path.parent / KEY_FILE
     key = make_key(admin_key, key_file)
     server = TritonServer(
         repo, host=host, http_port=http_port or None, grpc_port=grpc_port or None,
         metrics_port=metrics_port or None, tritonserver=tritonserver, log_file=log_path,
-        log_verbose=log_verbose, model_control="explicit", extra_args=restricted_args(key),
+        log_verbose=log_verbose, model_control="explicit", extra_args=[*restricted_args(key), *server_args(cache_mb, binary)],
     )  # fmt: skip
 
     def ready(s: TritonServer) -> None:
         console.print(
             f"[green]ready[/] in {s.ready_seconds:.1f} s (pid {s.pid}; log {escape(str(s.log_path))})\n"
-            f"  HTTP     {s.http_url}\n  gRPC     {s.grpc_url}\n  metrics  {s.metrics_url}\n"
+            + (f"response cache: {cache_mb} MiB\n" if cache_mb else "")
+            + f"  HTTP     {s.http_url}\n  gRPC     {s.grpc_url}\n  metrics  {s.metrics_url}\n"
             f"  admin APIs need header rgalign-admin: {redact(key)} (full key in {escape(str(key_file))})\n"
             f"try: rgalign query --url {s.http_address} --features @request.json\n"
             "Ctrl-C or SIGTERM drains and stops it; SIGHUP reloads the models from disk",

@@ -6,7 +6,6 @@ import pytest
 
 from rgalign.bench.inputs import reasoner_feeds
 from rgalign.bench.ratios import compute_ratios, targets
-from rgalign.bench.served import parse_pa_csv, perf_analyzer_input
 from rgalign.serve.client import features_shape, grpc_url_for, host_port
 
 
@@ -24,6 +23,7 @@ def test_ratios_from_rows():
         _row("reasoner", "onnxruntime-int8", 1.0, batch=8),  # another shape: not the headline
         _row("pipeline", "pytorch-eager", 15.0),
         _row("pipeline", "onnxruntime-int8", 5.0),
+        _row("pipeline", "onnxruntime-int8", 20.0, batch=8),  # 400 req/s: its best batched
     ]
     floor = {"models": {"reasoner": {"cases": [{"batch": 1, "seq": 64, "floor_ms": {"int8": 0.5}}]}}}
     served = {"http": {"levels": [{"concurrency": 1, "status": "OK", "p50_ms": 6.5, "throughput": 150.0},
@@ -40,9 +40,12 @@ def test_ratios_from_rows():
     assert ratios["triton_c16_vs_c1_throughput"] == pytest.approx(4.0)
     assert ratios["triton_overhead_grpc_ms"] is None and "grpc" in notes["triton_overhead_grpc_ms"]
     assert ratios["reasoner_compile_vs_eager"] is None
+    assert ratios["triton_saturation_vs_inprocess"] == pytest.approx(1.5)  # 600 / 400
+    assert "rgalign client" in notes["triton_overhead_ms"]  # no source given: the own client's
     met = {t["ratio"]: t["met"] for t in targets(ratios)}
     assert met == {"reasoner_int8_vs_torch_eager": True, "reasoner_int8_vs_flop_floor": False,
-                   "triton_overhead_ms": True, "triton_c16_vs_c1_throughput": True}
+                   "triton_overhead_ms": True, "triton_c16_vs_c1_throughput": True,
+                   "triton_saturation_vs_inprocess": True}
 
 
 def test_no_rows_no_server():
@@ -56,10 +59,7 @@ def test_served_helpers():
     assert host_port("localhost") == ("localhost", 8000)
     assert grpc_url_for("127.0.0.1:8000") == "127.0.0.1:8001"
     assert features_shape([-1, 1], 1) == [1, 1] and features_shape([-1], 3) == [3]
-    data = perf_analyzer_input([{"a": 1}], [-1, 1])
-    assert data == {"data": [{"features": ['{"a": 1}']}]}
-    csv = "Concurrency,Inferences/Second,p50 latency,p95 latency,p99 latency\n1,250.5,3900,4100,5000\n"
-    assert parse_pa_csv(csv) == {"throughput": 250.5, "p50_ms": 3.9, "p95_ms": 4.1, "p99_ms": 5.0}
+    # perf_analyzer's input and output: tests/bench/test_perf_analyzer_parsing.py
 
 
 def test_reasoner_feeds_have_exact_lengths():

@@ -23,11 +23,13 @@ def int8_export(tiny_int8_export: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def int8_repo(int8_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """int8, python backend, max batch 16, a 2 ms queue delay so concurrent requests batch."""
+    """int8, python backend, max batch 16, a 2 ms queue delay so concurrent requests batch; the
+    ensemble layout, whose step models the hostile-input and recovery tests address one by one."""
     from rgalign.serve.repository.deploy import DeployOptions, deploy
 
     repo = tmp_path_factory.mktemp("rel_repo") / "repo"
-    deploy(int8_export, repo, DeployOptions(precision="int8", max_batch=MAX_BATCH, threads=1, queue_delay_us=2000))
+    deploy(int8_export, repo, DeployOptions(precision="int8", max_batch=MAX_BATCH, threads=1, queue_delay_us=2000,
+                                            layout="ensemble"))
     return repo
 
 

@@ -18,14 +18,30 @@ def serve_export(tiny_fp32_export: Path) -> Path:
 MAX_BATCH = 8
 
 
-@pytest.fixture(scope="session")
-def serve_repo(serve_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``rgalign deploy`` of `serve_export` (python backend, fp32, max batch 8, 1 thread each)."""
+def _deploy(export: Path, tmp_path_factory: pytest.TempPathFactory, layout: str) -> Path:
     from rgalign.serve.repository.deploy import DeployOptions, deploy
 
-    repo = tmp_path_factory.mktemp("serve_repo") / "repo"
-    deploy(serve_export, repo, DeployOptions(max_batch=MAX_BATCH, threads=1))
+    repo = tmp_path_factory.mktemp(f"serve_repo_{layout}") / "repo"
+    deploy(export, repo, DeployOptions(max_batch=MAX_BATCH, threads=1, layout=layout))
     return repo
+
+
+@pytest.fixture(scope="session")
+def serve_repo(serve_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``rgalign deploy --layout ensemble`` of `serve_export` (python backend, fp32, max batch 8,
+    1 thread each)."""
+    return _deploy(serve_export, tmp_path_factory, "ensemble")
+
+
+@pytest.fixture(scope="session")
+def fused_repo(serve_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``rgalign deploy --layout fused`` of `serve_export`, with the same options."""
+    return _deploy(serve_export, tmp_path_factory, "fused")
+
+
+@pytest.fixture(scope="session")
+def layout_repos(serve_repo: Path, fused_repo: Path) -> dict[str, Path]:
+    return {"ensemble": serve_repo, "fused": fused_repo}
 
 
 @pytest.fixture(scope="session")

@@ -192,6 +192,8 @@ def test_changed_graph_is_refused(serve_export, tmp_path):
         ({"instances": 0}, "--instances"),
         ({"max_batch": 0}, "--max-batch"),
         ({"tensorrt_accelerator": True}, "onnxruntime only"),
+        ({"layout": "pipeline"}, "unknown layout"),
+        ({"layout": "fused", "backend": "onnxruntime"}, "fused layout runs ONNX Runtime inside the python backend"),
     ],
 )
 def test_bad_options(kwargs, message):
@@ -207,11 +209,52 @@ def test_default_top_k_out_of_range(serve_export, tmp_path):
 def test_cli_deploy_and_its_errors(serve_export, tmp_path, capsys):
     from rgalign.cli import main
 
-    main(["deploy", str(serve_export), "--out", str(tmp_path / "repo"), "--max-batch", "4", "--top-k", "3"])
+    main(["deploy", str(serve_export), "--out", str(tmp_path / "repo"), "--max-batch", "4", "--top-k", "3",
+          "--layout", "ensemble"])
     assert "deployed" in capsys.readouterr().out
     assert parse(tmp_path / "repo", "postprocess").parameters["default_top_k"].string_value == "3"
+    main(["deploy", str(serve_export), "--out", str(tmp_path / "fused"), "--top-k", "3"])  # auto: fused
+    assert "fused layout" in capsys.readouterr().out
+    assert parse(tmp_path / "fused", "rgalign").parameters["default_top_k"].string_value == "3"
     with pytest.raises(SystemExit) as e:
         main(["deploy", str(serve_export), "--out", str(tmp_path / "trt"), "--backend", "tensorrt", "--precision", "int8"])
     assert e.value.code != 0
     out = capsys.readouterr().out
     assert "error:" in out and "rgalign export --tensorrt" in out and "Traceback" not in out
+
+
+def test_layout_defaults():
+    assert DeployOptions().layout == "fused"  # python backend: measured faster (README "Serving")
+    assert DeployOptions(backend="onnxruntime").layout == "ensemble"
+    assert DeployOptions(layout="ensemble").to_dict()["layout"] == "ensemble"
+
+
+def test_fused_repository(fused_repo, serve_export, serve_repo):
+    repo = fused_repo
+    assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == ["rgalign"]
+    record = json.loads((repo / "deploy.json").read_text())
+    assert record["layout"] == "fused" and record["models"] == ["rgalign"]
+    cfg = parse(repo, "rgalign")
+    assert cfg.backend == "python" and cfg.max_batch_size == 8 and cfg.response_cache.enable
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [4, 8]
+    assert {k: v.string_value for k, v in cfg.parameters.items()} == {
+        "precision": "fp32", "threads": "1", "default_top_k": str(record["default_top_k"]),
+        "max_item_bytes": "65536", "max_text_chars": "4096", "batch_invariant": "1"}  # the steps' limits
+    # the same contract as the ensemble's
+    ensemble = parse(serve_repo, "rgalign")
+    assert io(cfg) == io(ensemble)
+    assert [t.optional for t in cfg.input] == [t.optional for t in ensemble.input] == [False, True]
+    (warmup,) = cfg.model_warmup
+    assert (repo / "rgalign" / "warmup" / warmup.inputs["features"].input_data_file).is_file()
+    assert "rgalign.serve.models.fused import TritonPythonModel" in (repo / "rgalign" / "1" / "model.py").read_text()
+    files = repo / "rgalign" / "1"
+    for rel in ("manifest.json", "encoders.json", "intents.json", "prompt_fields.json",
+                "reasoner/fp32/model.onnx", "ranker/fp32/model.onnx", "reasoner/tokenizer"):
+        assert (files / rel).exists(), rel
+        if (files / rel).is_file():
+            assert sha(files / rel) == sha(serve_export / rel), rel
+
+
+def test_the_ensemble_enables_the_response_cache(serve_repo):
+    assert parse(serve_repo, "rgalign").response_cache.enable
+    assert not any(parse(serve_repo, step).response_cache.enable for step in STEPS)

@@ -1,8 +1,9 @@
-"""The deployed ensemble served by a real tritonserver (the nvidia-pytriton wheel's): top-K
-equal to the in-process pipeline over HTTP and gRPC, sync and async; bad requests answered one
-by one while the server keeps serving; a bounded load test; a restart; the CLI.
+"""The deployment served by a real tritonserver (the nvidia-pytriton wheel's), in both layouts
+(the ensemble of four models, and the fused model): top-K equal to the in-process pipeline over
+HTTP and gRPC, sync and async; bad requests answered one by one while the server keeps serving;
+a bounded load test; a restart; the CLI.
 
-One server (free ports) is shared by the module; the CLI `serve` test starts its own."""
+One server (free ports) per layout is shared by the module; the CLI `serve` test starts its own."""
 
 from __future__ import annotations
 
@@ -31,9 +32,11 @@ START_TIMEOUT = 120  # ~5 s here; a loaded CI machine may be much slower
 MAX_BATCH = 8  # tests/serve/conftest.py deploys with it
 
 
-@pytest.fixture(scope="module")
-def server(serve_repo, tmp_path_factory):
-    srv = TritonServer(serve_repo, log_file=tmp_path_factory.mktemp("logs") / "tritonserver.log")
+@pytest.fixture(scope="module", params=["ensemble", "fused"])
+def server(request, layout_repos, tmp_path_factory):
+    """A server per layout (`rgalign deploy --layout`): every test here runs on both."""
+    repo = layout_repos[request.param]
+    srv = TritonServer(repo, log_file=tmp_path_factory.mktemp("logs") / "tritonserver.log")
     srv.start(timeout=START_TIMEOUT)
     yield srv
     srv.stop()

@@ -1,4 +1,6 @@
-"""`deploy(EXPORT, REPO)`: an export -> a Triton model repository holding the ensemble ``rgalign``.
+"""`deploy(EXPORT, REPO)`: an export -> a Triton model repository serving ``rgalign``.
+
+Layouts (`LAYOUT_REGISTRY`): ``fused`` (`rgalign.serve.repository.fused`), or the ensemble:
 
     REPO/
       README.md  deploy.json  manifest.json   layout, how it was built, the export's manifest
@@ -41,7 +43,7 @@ import numpy as np
 
 import rgalign
 from rgalign.artifacts.manifest import read_manifest
-from rgalign.artifacts.registry import ENSEMBLE, check_backend
+from rgalign.artifacts.registry import ENSEMBLE, check_backend, check_layout, default_layout
 from rgalign.artifacts.run import sha256_file
 from rgalign.errors import ConfigError, ServeError
 from rgalign.inference.limits import RequestLimits
@@ -49,6 +51,8 @@ from rgalign.inference.preprocess import Preprocessor
 from rgalign.io import atomic_dir, read_json, write_json_atomic, write_text_atomic
 from rgalign.progress import Progress, step_announcer
 from rgalign.serve.repository import config as tc
+from rgalign.serve.repository import fused
+from rgalign.serve.repository.ensemble import ensemble_config
 from rgalign.serve.repository.readme import README_TEXT
 from rgalign.serve.repository.signature import Signature, model_files, signature
 from rgalign.serve.server.live import carry_runtime_files, refuse_unless_forced, request_reload
@@ -75,6 +79,8 @@ class DeployOptions:
     - ``batch_invariant=True``: a dynamically quantized (int8) graph runs row by row, so an
       answer never depends on batch mates (`rgalign.inference.batch_invariance`); False trades
       that for the batching gain (measured in benchmarks/reliability.py).
+    - ``layout="auto"``: ``fused`` for the python backend (one process and no shared-memory hop
+      per request), ``ensemble`` for native backends; see `LAYOUTS`.
     """
 
     backend: str = "python"
@@ -88,8 +94,12 @@ class DeployOptions:
     max_item_bytes: int = RequestLimits.max_item_bytes
     max_text_chars: int = RequestLimits.max_text_chars
     batch_invariant: bool = True
+    layout: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.layout == "auto":
+            object.__setattr__(self, "layout", default_layout(self.backend))
+        check_layout(self.layout, self.backend)
         check_backend(self.backend, self.precision)
         if self.instances < 1:
             raise ConfigError(f"--instances must be >= 1, got {self.instances}")
@@ -302,40 +312,53 @@ def _write_postprocess(repo: Path, export: Path, manifest: Mapping[str, Any], si
     tc.write_config(model_dir, config)
 
 
-def ensemble_config(max_batch: int) -> Any:
-    """The ``rgalign`` ensemble: preprocess -> reasoner -> ranker -> postprocess."""
-    steps = [
-        tc.EnsembleStep(
-            "preprocess",
-            {"features": "features"},
-            {n: n for n in ("input_ids", "attention_mask", "cat", "num")},
-        ),
-        tc.EnsembleStep(
-            "reasoner",
-            {"input_ids": "input_ids", "attention_mask": "attention_mask"},
-            {"latent_query": "latent_query"},
-        ),
-        tc.EnsembleStep(
-            "ranker",
-            {"cat": "cat", "num": "num", "query": "latent_query"},
-            {"scores": "all_scores", "topk_scores": "topk_scores", "topk_idx": "topk_idx"},
-        ),
-        tc.EnsembleStep(
-            "postprocess",
-            {n: n for n in ("topk_scores", "topk_idx", "all_scores", "top_k")},
-            {"intent_ids": "intent_ids", "scores": "scores"},
-        ),
-    ]
-    return tc.ensemble_model(
-        ENSEMBLE,
-        inputs=[
-            tc.TensorSpec("features", "BYTES", (1,)),
-            tc.TensorSpec("top_k", "INT32", (1,), optional=True),
-        ],
-        outputs=[tc.TensorSpec("intent_ids", "BYTES", (-1,)), tc.TensorSpec("scores", "FP32", (-1,))],
-        steps=steps,
-        max_batch_size=max_batch,
-    )
+def _write_ensemble(
+    tmp: Path, export: Path, manifest: Mapping[str, Any], sig: Signature, sources: Mapping[str, Path],
+    options: DeployOptions, default_k: int, say: Callable[[str], None],
+) -> None:
+    """The ensemble layout: the four step models and the ensemble ``rgalign`` chaining them."""
+    say("preprocess")
+    warm = _write_preprocess(tmp, export, manifest, sig, options)
+    say(f"reasoner ({options.backend}, {options.precision})")
+    params = {"threads": str(options.threads), "batch_invariant": "1" if options.batch_invariant else "0"}
+    _write_graph_model(
+        tmp, "reasoner", sources["reasoner"], sig.reasoner_inputs, sig.reasoner_outputs,
+        {"input_ids": warm["input_ids"], "attention_mask": warm["attention_mask"]}, options,
+        {**params, "pad_token_id": str(int(warm["pad_token_id"])),
+         "vocab_size": str(int(warm["vocab_size"])), "max_len": str(int(warm["max_len"]))},
+    )  # fmt: skip
+    say(f"ranker ({options.backend}, {options.precision})")
+    d_query = sig.spec("query").dims[0]
+    _write_graph_model(
+        tmp, "ranker", sources["ranker"], sig.ranker_inputs, sig.ranker_outputs,
+        {"cat": warm["cat"], "num": warm["num"], "query": np.zeros((1, d_query), np.float32)},
+        options, {**params, "d_query": str(d_query),
+                  "cardinalities": json.dumps([int(c) for c in warm["cardinalities"]])},
+    )  # fmt: skip
+    say("postprocess")
+    _write_postprocess(tmp, export, manifest, sig, options, default_k)
+    say("ensemble")
+    tc.write_config(tmp / ENSEMBLE, ensemble_config(options.max_batch))
+    tc.version_dir(tmp / ENSEMBLE)
+
+
+def _write_fused(
+    tmp: Path, export: Path, manifest: Mapping[str, Any], options: DeployOptions, default_k: int
+) -> None:
+    """The fused layout (`rgalign.serve.repository.fused`): one python model running the Pipeline."""
+    model_dir = tmp / ENSEMBLE
+    files = tc.version_dir(model_dir)
+    fused.copy_export_subset(export, manifest, options.precision, files)
+    _write_shim(model_dir, "fused")
+    pre = Preprocessor.from_export(files)  # what the served model loads: check it loads
+    config = fused.fused_config(
+        max_batch=options.max_batch, batching=_batching(options), groups=_groups(options),
+        warmup=_warmup(model_dir, {"features": fused.warmup_features(sample_record(pre.encoders))}),
+        precision=options.precision, threads=options.threads, default_k=default_k,
+        extra={**{k: str(v) for k, v in options.limits().to_dict().items()},
+               "batch_invariant": "1" if options.batch_invariant else "0"},
+    )  # fmt: skip
+    tc.write_config(model_dir, config)
 
 
 def deploy(
@@ -372,30 +395,13 @@ def deploy(
     t0 = time.perf_counter()
     out = Path(out)
     with atomic_dir(out) as tmp:
-        say("preprocess")
-        warm = _write_preprocess(tmp, export, manifest, sig, options)
-        say(f"reasoner ({options.backend}, {options.precision})")
-        params = {"threads": str(options.threads), "batch_invariant": "1" if options.batch_invariant else "0"}
-        _write_graph_model(
-            tmp, "reasoner", sources["reasoner"], sig.reasoner_inputs, sig.reasoner_outputs,
-            {"input_ids": warm["input_ids"], "attention_mask": warm["attention_mask"]}, options,
-            {**params, "pad_token_id": str(int(warm["pad_token_id"])),
-             "vocab_size": str(int(warm["vocab_size"])), "max_len": str(int(warm["max_len"]))},
-        )  # fmt: skip
-        say(f"ranker ({options.backend}, {options.precision})")
-        d_query = sig.spec("query").dims[0]
-        _write_graph_model(
-            tmp, "ranker", sources["ranker"], sig.ranker_inputs, sig.ranker_outputs,
-            {"cat": warm["cat"], "num": warm["num"], "query": np.zeros((1, d_query), np.float32)},
-            options, {**params, "d_query": str(d_query),
-                      "cardinalities": json.dumps([int(c) for c in warm["cardinalities"]])},
-        )  # fmt: skip
-        say("postprocess")
-        _write_postprocess(tmp, export, manifest, sig, options, default_k)
-        say("ensemble")
-        tc.write_config(tmp / ENSEMBLE, ensemble_config(options.max_batch))
-        tc.version_dir(tmp / ENSEMBLE)
-
+        if options.layout == "fused":
+            say(f"fused model ({options.precision})")
+            _write_fused(tmp, export, manifest, options, default_k)
+            models = [ENSEMBLE]
+        else:
+            _write_ensemble(tmp, export, manifest, sig, sources, options, default_k, say)
+            models = list(STEP_MODELS) + [ENSEMBLE]
         shutil.copyfile(export / "manifest.json", tmp / "manifest.json")
         write_text_atomic(tmp / "README.md", README_TEXT)
         files = {
@@ -414,7 +420,8 @@ def deploy(
             },
             "options": options.to_dict(),
             "ensemble": ENSEMBLE,
-            "models": list(STEP_MODELS) + [ENSEMBLE],
+            "layout": options.layout,
+            "models": models,
             "default_top_k": default_k,
             "n_intents": n_intents,
             "graph_topk": int(serving["topk"]),
