@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from rgalign.errors import ExportError
 from rgalign.export.evaldata import EvalRequests
 from rgalign.export.onnx_export import OnnxArtifact
 from rgalign.export.options import ExportOptions
@@ -72,8 +73,14 @@ class ExportContext:
         return OrtRunner.load(path, threads=self.options.threads)
 
     def validate_file(self, name: str, path: Path, precision: str, label: str | None = None) -> GateReport:
-        """Gate one ONNX file of model ``name`` against PyTorch on the parity batches."""
-        return self.validate_runner(name, self.runner(path), precision, label or f"{name}/{precision}")
+        """Gate one ONNX file of model ``name`` against PyTorch on the parity batches; a graph
+        ONNX Runtime cannot load fails its gate with the reason (never raised through)."""
+        label = label or f"{name}/{precision}"
+        try:
+            runner = self.runner(path)
+        except ExportError as e:
+            return GateReport(label, precision, problems=[str(e)])
+        return self.validate_runner(name, runner, precision, label)
 
     def validate_runner(self, name: str, runner: Runner, precision: str, label: str) -> GateReport:
         return validate(runner, self.refs[name], self.specs[name], precision, self.feeds[name], label)

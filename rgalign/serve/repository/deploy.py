@@ -32,7 +32,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,7 @@ from rgalign.io import atomic_dir, read_json, write_json_atomic, write_text_atom
 from rgalign.progress import Progress, step_announcer
 from rgalign.serve.repository import config as tc
 from rgalign.serve.repository.readme import README_TEXT
-from rgalign.serve.repository.signature import Signature, model_files, signature
+from rgalign.serve.repository.signature import Signature, external_data, model_files, signature
 
 STEP_MODELS = ("preprocess", "reasoner", "ranker", "postprocess")
 
@@ -220,8 +220,10 @@ def _write_graph_model(
     warmup_arrays: Mapping[str, np.ndarray],
     options: DeployOptions,
     parameters: Mapping[str, str],
+    data: Sequence[Path] = (),
 ) -> None:
-    """reasoner/ or ranker/ for the chosen backend."""
+    """reasoner/ or ranker/ for the chosen backend; ``data``: the graph's external-data files,
+    copied beside ``model.onnx`` under the names its references use."""
     model_dir = repo / name
     files = tc.version_dir(model_dir)
     warmup = _warmup(model_dir, warmup_arrays)
@@ -230,6 +232,8 @@ def _write_graph_model(
         dynamic_batching=_batching(options),
         warmup=warmup,
     )
+    for f in data:
+        shutil.copyfile(f, files / f.name)
     if options.backend == "python":
         shutil.copyfile(source, files / "model.onnx")
         _write_shim(model_dir, name)
@@ -337,6 +341,7 @@ def deploy(
     export = Path(export_dir)
     manifest = read_manifest(export)
     sources = model_files(export, manifest, options.backend, options.precision)  # raises when the export lacks them
+    data = {m: [] for m in sources} if options.backend == "tensorrt" else external_data(export, manifest, options.precision)
     sig_precision = options.precision
     if options.backend == "tensorrt" and f"reasoner/{sig_precision}" not in manifest["artifacts"]:
         sig_precision = "fp32"  # the plans' tensors are the ONNX graphs' (names, dtypes, dims)
@@ -357,14 +362,14 @@ def deploy(
         _write_graph_model(
             tmp, "reasoner", sources["reasoner"], sig.reasoner_inputs, sig.reasoner_outputs,
             {"input_ids": warm["input_ids"], "attention_mask": warm["attention_mask"]}, options,
-            {**params, "pad_token_id": str(int(warm["pad_token_id"]))},
+            {**params, "pad_token_id": str(int(warm["pad_token_id"]))}, data["reasoner"],
         )  # fmt: skip
         say(f"ranker ({options.backend}, {options.precision})")
         d_query = sig.spec("query").dims[0]
         _write_graph_model(
             tmp, "ranker", sources["ranker"], sig.ranker_inputs, sig.ranker_outputs,
             {"cat": warm["cat"], "num": warm["num"], "query": np.zeros((1, d_query), np.float32)},
-            options, params,
+            options, params, data["ranker"],
         )  # fmt: skip
         say("postprocess")
         _write_postprocess(tmp, export, manifest, sig, options, default_k)
@@ -377,7 +382,7 @@ def deploy(
         files = {
             os.fspath(p.relative_to(tmp)): sha256_file(p)
             for p in sorted(tmp.rglob("*"))
-            if p.is_file() and p.suffix in (".onnx", ".plan", ".pbtxt")
+            if p.is_file() and p.suffix in (".onnx", ".data", ".plan", ".pbtxt")
         }
         summary = {
             "format": "rgalign.deploy/1",
