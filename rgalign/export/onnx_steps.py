@@ -13,6 +13,7 @@ from rgalign.artifacts.registry import MODELS
 from rgalign.errors import ExportError
 from rgalign.export import onnx_export
 from rgalign.export.context import LATENCY_SEQ, ExportContext
+from rgalign.export.external import is_external
 from rgalign.export.onnx_export import check_onnx
 from rgalign.export.optimize import FusionResult, fuse_for_ort
 from rgalign.export.precision import to_fp16
@@ -24,6 +25,10 @@ from rgalign.inference.pipeline import Pipeline
 # real requests added to the random parity batches, and the batch size of calibration feeds
 REAL_BATCH = 8
 CALIBRATION_BATCH = 16
+# calibration requests of a reasoner big enough for external data: each costs one PyTorch and
+# one ORT forward of the whole LLM (~2 s at Qwen3-0.6B shape on 2 cores), and MinMax ranges
+# settle within a few batches; a small reasoner keeps all of them (up to 256)
+BIG_CALIBRATION_REQUESTS = 32
 
 
 def parity_feeds(ctx: ExportContext) -> None:
@@ -138,6 +143,8 @@ def _calibration_feeds(ctx: ExportContext) -> dict[str, list]:
     """Calibration feeds for both graphs from real training requests: the reasoner sees their
     prompts, the ranker their encoded features and the fp32 reasoner's latent queries."""
     records = ctx.calibration_records
+    if is_external(ctx.fp32["reasoner"]):
+        records = records[:BIG_CALIBRATION_REQUESTS]
     out: dict[str, list] = {"reasoner": [], "ranker": []}
     for i in range(0, len(records), CALIBRATION_BATCH):
         b = ctx.pre(records[i : i + CALIBRATION_BATCH])

@@ -114,3 +114,28 @@ def test_place_renames_the_weights_and_rewrites_the_references(tmp_path):
 
     y = ort.InferenceSession(str(written[0])).run(None, {"x": np.ones((1, 20), np.float32)})[0]
     np.testing.assert_allclose(y[0], np.arange(600, dtype=np.float32).reshape(20, 30).sum(0))
+
+
+@pytest.mark.slow
+def test_the_reasoner_graph_has_no_lm_head(external_export):
+    out, _ = external_export
+    names = [i.name for i in onnx.load(str(out / "reasoner/fp32/model.onnx"), load_external_data=False).graph.initializer]
+    assert names and not [n for n in names if "lm_head" in n]
+
+
+@pytest.mark.slow
+def test_a_graph_shipped_without_its_weights_fails_the_export(fake_run, tmp_path, monkeypatch):
+    """The bug of issue 15: only model.onnx copied, its .data left in the work folder."""
+    from rgalign.errors import ExportError
+
+    def graph_only(src, dst):
+        dst = Path(dst)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        return [dst]
+
+    monkeypatch.setattr("rgalign.export.outputs.place", graph_only)
+    out = tmp_path / "export"
+    with pytest.raises(ExportError, match="not in the export folder"):
+        export_run(fake_run, out, precisions="fp32", threads=1, external_data_threshold=0, fuse=False)
+    assert not out.exists()
