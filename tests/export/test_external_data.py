@@ -7,6 +7,7 @@ run on it. No file here is bigger than the tiny model."""
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from rgalign.export.external import external_files, place, save_model
 from rgalign.export.onnx_export import check_onnx
 
 MODELS = ("reasoner", "ranker")
-PRECISIONS = ("fp32", "fp16", "int8", "int4")
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def _sha(p: Path) -> str:
@@ -66,17 +67,25 @@ def test_every_artifact_carries_and_hashes_its_weights(external_export, tmp_path
 
 
 @pytest.mark.slow
-def test_int4_and_weight_only_int8_are_measured(external_export):
-    out, manifest = external_export
-    report = __import__("json").loads((out / "report.json").read_text())
-    methods = [c["method"] for c in report["int8_candidates"]["reasoner"]]
-    assert "weight-only" in methods
-    assert report["artifacts"]["reasoner/int4"]["method"].startswith("weight-only int4")
-    ops = {n.op_type for n in onnx.load(str(out / "reasoner/int4/model.onnx"), load_external_data=False).graph.node}
-    assert "MatMulNBits" in ops
-    gate = manifest["artifacts"]["reasoner/int4"]["gate"]["figures"]
-    assert "cosine_centred(latent_query)" in gate and "cosine(latent_query)" in gate
-    assert manifest["artifacts"]["pipeline/int4"]["gate"]["passed"]
+def test_weight_only_int8_is_a_candidate(external_export):
+    out, _ = external_export
+    report = json.loads((out / "report.json").read_text())
+    weight_only = [c for c in report["int8_candidates"]["reasoner"] if c["method"] == "weight-only"]
+    assert weight_only and weight_only[0]["gate"] is not None  # measured, passed or not
+    e2e = report["artifacts"]["pipeline/int8"]["gate"]["figures"]
+    assert e2e["cosine_centred(latent_query)"]["threshold"] == 0.99  # gated on the held-out prompts
+
+
+@pytest.mark.slow
+def test_int4_is_built_by_path_and_fails_with_its_figure(fake_run, tmp_path):
+    """The tiny untrained reasoner's int4 error exceeds the differences between its held-out
+    prompts (as issue 15 measured at 0.6B shape): the centred gate says so, with the figure."""
+    from rgalign.export import GateFailed
+
+    with pytest.raises(GateFailed, match=r"pipeline/int4: cosine_centred\(latent_query\) = [0-9.]+ \(needs >= 0.99, MISSED"):
+        export_run(fake_run, tmp_path / "export", precisions="fp32,int4", threads=1, external_data_threshold=0,
+                   fuse=False)
+    assert not (tmp_path / "export").exists()
 
 
 @pytest.mark.slow
