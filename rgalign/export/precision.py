@@ -223,10 +223,10 @@ def quantize_int8_static(
                 calibrate_method=methods[method],
                 # the calibrator's augmented graph is as big as the model: external data too
                 use_external_data_format=external,
-                # symmetric activations: zero point 0, as TensorRT's explicit quantisation requires;
-                # ranges merged every batch, so calibration holds one batch's activations, not all
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                               "CalibMaxIntermediateOutputs": 1},
+                # symmetric activations: zero point 0, as TensorRT's explicit quantisation requires.
+                # (Not CalibMaxIntermediateOutputs: ORT 1.32 then ends with "No data is collected"
+                # when the batch count divides by it; a big graph calibrates on fewer requests.)
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
             )
     except Exception as e:  # noqa: BLE001
         raise ExportError(f"int8 static ({method}) quantisation failed: {type(e).__name__}: {first_line(e)}") from None
