@@ -44,6 +44,7 @@ import onnx
 
 from rgalign.errors import ExportError
 from rgalign.export.external import data_name, is_external, load_graph
+from rgalign.progress import first_line
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 WEIGHT_OPS = ("MatMul", "Gemm")
@@ -126,13 +127,8 @@ def to_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         else:
             ir.save(model, os.fspath(dst))
     except Exception as e:  # noqa: BLE001
-        raise ExportError(f"fp16 conversion failed: {type(e).__name__}: {first_line(e)}") from None
+        raise ExportError(f"fp16 conversion failed: {first_line(e, typed=True)}") from None
     return dst
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else ""
 
 
 def _int8_target(
@@ -162,7 +158,7 @@ def quantize_int8_dynamic(
                 per_channel=True, weight_type=QuantType.QInt8, use_external_data_format=is_external(path),
             )
     except Exception as e:  # noqa: BLE001
-        raise ExportError(f"int8 dynamic quantisation failed: {type(e).__name__}: {first_line(e)}") from None
+        raise ExportError(f"int8 dynamic quantisation failed: {first_line(e, typed=True)}") from None
     return dst
 
 
@@ -229,7 +225,7 @@ def quantize_int8_static(
                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
             )
     except Exception as e:  # noqa: BLE001
-        raise ExportError(f"int8 static ({method}) quantisation failed: {type(e).__name__}: {first_line(e)}") from None
+        raise ExportError(f"int8 static ({method}) quantisation failed: {first_line(e, typed=True)}") from None
     return dst
 
 
@@ -261,7 +257,7 @@ def quantize_weight_only(src: str | os.PathLike, dst: str | os.PathLike, bits: i
             quant.process()
             quant.model.save_model_to_file(os.fspath(dst), use_external_data_format=is_external(path))
     except Exception as e:  # noqa: BLE001
-        raise ExportError(f"int{bits} weight-only quantisation failed: {type(e).__name__}: {first_line(e)}") from None
+        raise ExportError(f"int{bits} weight-only quantisation failed: {first_line(e, typed=True)}") from None
     return dst
 
 
@@ -332,7 +328,7 @@ def sensitive_nodes(
             probe = quantize_int8_dynamic(src, workdir / f"probe_{i}.onnx", only=members)
             losses[key] = float(1.0 - cosine(probe))
         except Exception as e:  # noqa: BLE001 - one failed probe is a gap in the map, not a failed export
-            failed[key] = f"{type(e).__name__}: {first_line(e)}"
+            failed[key] = first_line(e, typed=True)
         for p in workdir.glob(f"probe_{i}.onnx*"):
             p.unlink()
     over = sorted((k for k, loss in losses.items() if loss > budget), key=lambda k: -losses[k])
