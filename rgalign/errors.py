@@ -30,3 +30,11 @@ class ExportError(RgalignError):
 
 class ServeError(RgalignError):
     """The Triton server or a request to it failed."""
+
+
+class RequestError(RgalignError):
+    """One request cannot be served as sent (malformed JSON, a missing or mistyped feature, a
+    value out of range, over a size limit): answered with its own ``INVALID_ARG`` (HTTP 400,
+    gRPC INVALID_ARGUMENT) and a one-line reason; requests batched with it are unaffected."""
+
+    exit_code = 2

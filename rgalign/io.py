@@ -56,15 +56,56 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+# A temporary folder of a process that was killed (SIGKILL, OOM, power) is never removed by it.
+# Ours are named ``.NAME.<pid>.<random>.tmp``; one whose pid is gone is removed by the next
+# atomic_dir of the same NAME. A folder without a pid (written by an older rgalign) is removed
+# once it is older than this: no build of a folder takes an hour between two writes into it.
+STALE_UNTAGGED_S = 3600.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def clean_stale_tmp(final: str | os.PathLike) -> list[Path]:
+    """Remove ``.NAME.*.tmp`` folders beside ``final`` left by killed writers; returns them."""
+    import time
+
+    final = Path(final)
+    removed = []
+    for tmp in final.parent.glob(f".{final.name}.*.tmp"):
+        middle = tmp.name[len(final.name) + 2 : -len(".tmp")]
+        pid_text = middle.split(".", 1)[0]
+        if pid_text.isdigit() and "." in middle:
+            stale = not _pid_alive(int(pid_text))
+        else:
+            try:
+                stale = time.time() - tmp.stat().st_mtime > STALE_UNTAGGED_S
+            except OSError:
+                continue
+        if stale and tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     """Build a folder under a temporary name beside ``final``; on success swap it in.
 
     On an exception the temporary folder is removed and ``final`` (if it existed) is untouched.
+    Temporary folders of earlier writers of ``final`` that were killed are removed first.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    clean_stale_tmp(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp", dir=final.parent))
     try:
         yield tmp
     except BaseException:

@@ -30,7 +30,7 @@ def _gpu_missing() -> str | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    checks = {"triton": _tritonserver_missing, "gpu": _gpu_missing}
+    checks = {"triton": _tritonserver_missing, "reliability": _tritonserver_missing, "gpu": _gpu_missing}
     reasons: dict[str, str | None] = {}
     for item in items:
         for marker, check in checks.items():
@@ -41,7 +41,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             reason = reasons[marker]
             if reason is None:
                 continue
-            if marker == "triton" and os.environ.get("CI") == "true":
+            if marker in ("triton", "reliability") and os.environ.get("CI") == "true":
                 continue  # CI must run them: let the test fail on the missing server, loudly
             item.add_marker(pytest.mark.skip(reason=f"{marker}: {reason}"))
 
@@ -63,6 +63,26 @@ def tiny_fp32_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
         run = make_fake_run(base)
         out = base / "export"
         export_run(run, out, precisions=("fp32",), exporter="legacy", fuse=False, threads=1)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_int8_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real fp32 + int8 export of `fakes.make_fake_run` (~10 s), for the batch-invariance and
+    reliability tests. Read-only."""
+    import torch
+
+    from fakes import make_fake_run
+    from rgalign.export import export_run
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        base = tmp_path_factory.mktemp("tiny_int8_export")
+        out = base / "export"
+        export_run(make_fake_run(base), out, precisions=("fp32", "int8"), exporter="legacy", fuse=False, threads=1)
     finally:
         torch.set_num_threads(threads)
     return out

@@ -41,6 +41,15 @@ def deploy_cmd(
     trt_accelerator: bool = typer.Option(
         False, "--trt-accelerator", help="onnxruntime backend: TensorRT execution accelerator (GPU)."
     ),
+    max_item_bytes: int = typer.Option(
+        65536, "--max-item-bytes", min=64, help="Largest JSON of one request item, in bytes (refused above: 400)."
+    ),
+    max_text_chars: int = typer.Option(
+        4096, "--max-text-chars", min=1, help="Longest string feature value, in characters (refused above: 400)."
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Replace the repository of a running server and reload the server from it."
+    ),
 ) -> None:
     """Write a Triton model repository: preprocess -> reasoner -> ranker -> postprocess, ensemble `rgalign`."""
     from rgalign.serve.repository.deploy import DeployOptions, deploy
@@ -48,10 +57,13 @@ def deploy_cmd(
     options = DeployOptions(
         backend=backend, precision=precision, instances=instances, max_batch=max_batch,
         queue_delay_us=queue_delay_us, threads=threads, default_top_k=top_k or None,
-        tensorrt_accelerator=trt_accelerator,
+        tensorrt_accelerator=trt_accelerator, max_item_bytes=max_item_bytes, max_text_chars=max_text_chars,
     )  # fmt: skip
     with console.status("deploying ...") as status:
-        summary = deploy(export, out, options, progress=lambda step, _state, _msg: status.update(f"writing {escape(step)} ..."))
+        summary = deploy(
+            export, out, options, force=force,
+            progress=lambda step, _state, _msg: status.update(f"writing {escape(step)} ..."),
+        )  # fmt: skip
     table = Table(title=escape(str(out)), title_justify="left")
     table.add_column("model")
     table.add_column("config")
@@ -64,6 +76,8 @@ def deploy_cmd(
         f"serve it with `rgalign serve {escape(str(out))}`",
         highlight=False, soft_wrap=True,
     )
+    if summary.get("reload"):
+        console.print(escape(summary["reload"]), highlight=False, soft_wrap=True)
 
 
 @app.command("serve")
@@ -81,32 +95,55 @@ def serve_cmd(
     ),
     start_timeout: float = typer.Option(120.0, "--start-timeout", min=1, help="Seconds to wait for readiness."),
     log_verbose: int = typer.Option(0, "--log-verbose", min=0, help="Triton's --log-verbose level."),
+    admin_key: str = typer.Option(
+        None, "--admin-key", envvar="RGALIGN_ADMIN_KEY", show_envvar=True,
+        help="Key of the restricted admin APIs (header rgalign-admin); default: a random one, "
+        "written to rgalign-admin.key beside the log (mode 0600).",
+    ),
+    drain_timeout: float = typer.Option(
+        10.0, "--drain-timeout", min=0, help="Seconds SIGTERM waits for in-flight requests before stopping."
+    ),
 ) -> None:
-    """Serve a model repository with a real Triton Inference Server until Ctrl-C or SIGTERM."""
+    """Serve a model repository with a real Triton Inference Server until Ctrl-C or SIGTERM.
+
+    Supervised: a dead backend process is reloaded (not-ready meanwhile), SIGHUP reloads every
+    model from disk, SIGTERM drains in-flight requests first. Admin APIs need the admin key."""
+    from rgalign.serve.server.admin import KEY_FILE, redact, restricted_args
+    from rgalign.serve.server.admin import admin_key as make_key
     from rgalign.serve.repository.deploy import check_servable
-    from rgalign.serve.server import TritonServer, find_tritonserver, is_wheel_tritonserver, run_forever
+    from rgalign.serve.server import TritonServer, find_tritonserver, is_wheel_tritonserver
+    from rgalign.serve.server.supervisor import SupervisorOptions, serve
 
     if not repo.is_dir():
         raise ConfigError(f"model repository {repo} does not exist; run `rgalign deploy EXPORT --out {repo}`")
     check_servable(repo, is_wheel_tritonserver(find_tritonserver(tritonserver)))
     log_path = log_file if log_file is not None else repo / "tritonserver.log"  # ignored by Triton
+    key_file = log_path.parent / KEY_FILE
+    key = make_key(admin_key, key_file)
     server = TritonServer(
         repo, host=host, http_port=http_port or None, grpc_port=grpc_port or None,
         metrics_port=metrics_port or None, tritonserver=tritonserver, log_file=log_path,
-        log_verbose=log_verbose,
+        log_verbose=log_verbose, model_control="explicit", extra_args=restricted_args(key),
     )  # fmt: skip
 
     def ready(s: TritonServer) -> None:
         console.print(
             f"[green]ready[/] in {s.ready_seconds:.1f} s (pid {s.pid}; log {escape(str(s.log_path))})\n"
             f"  HTTP     {s.http_url}\n  gRPC     {s.grpc_url}\n  metrics  {s.metrics_url}\n"
+            f"  admin APIs need header rgalign-admin: {redact(key)} (full key in {escape(str(key_file))})\n"
             f"try: rgalign query --url {s.http_address} --features @request.json\n"
-            "Ctrl-C or SIGTERM stops it",
+            "Ctrl-C or SIGTERM drains and stops it; SIGHUP reloads the models from disk",
             highlight=False, soft_wrap=True,
         )
 
+    def event(e: object) -> None:
+        console.print(f"[yellow]supervisor[/]: {escape(str(e))}", highlight=False, soft_wrap=True)
+
     console.print(f"starting tritonserver on {escape(str(repo))} ...", highlight=False)
-    signum = run_forever(server, start_timeout=start_timeout, on_ready=ready)
+    signum = serve(
+        server, key, options=SupervisorOptions(drain_timeout_s=drain_timeout), start_timeout=start_timeout,
+        on_ready=ready, on_event=event, key_file=key_file,
+    )
     console.print(f"stopped (signal {signum}): server, python-backend stubs and shared memory gone", highlight=False)
 
 

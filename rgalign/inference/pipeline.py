@@ -33,7 +33,8 @@ from rgalign.artifacts.registry import MODELS
 from rgalign.errors import ExportError
 from rgalign.inference.postprocess import Ranked, postprocess
 from rgalign.inference.preprocess import Batch, Preprocessor
-from rgalign.inference.runtime import OrtRunner, ProviderSpec, Runner
+from rgalign.inference.batch_invariance import load_runner
+from rgalign.inference.runtime import ProviderSpec, Runner
 from rgalign.io import read_json
 
 # requests per forward pass when a call holds many: bounds the attention's (B, h, T, T) memory
@@ -75,8 +76,10 @@ class Pipeline:
         paths = [artifact_path(root, manifest, model, precision) for model in MODELS]
         return cls(
             Preprocessor.from_export(root),
-            OrtRunner.load(paths[0], providers, threads),
-            OrtRunner.load(paths[1], providers, threads),
+            # batch-dependent (dynamically quantized) graphs run row by row: answers never
+            # depend on batch mates (rgalign.inference.batch_invariance)
+            load_runner(paths[0], providers, threads),
+            load_runner(paths[1], providers, threads),
             read_json(root / manifest["serving"]["intents"])["intent_ids"],
             name=f"onnxruntime-{precision}",
         )

@@ -53,4 +53,19 @@ def read_meta(directory: str | os.PathLike, kind: str, meta_name: str = "ranker.
 def read_checkpoint(directory: str | os.PathLike, kind: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(config dict, state dict) of a folder written by `save_module` for ``kind``."""
     config = read_meta(directory, kind)
-    return config, load_file(os.fspath(Path(directory) / "model.safetensors"))
+    return config, load_weights(Path(directory) / "model.safetensors")
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a missing, truncated or corrupt file is one ConfigError line
+    naming it (safetensors' own error is a bare ``SafetensorError`` without the path)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{os.fspath(path)} is missing; re-run the stage that writes it")
+    try:
+        return load_file(os.fspath(path))
+    except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, ...: one line naming the file
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(
+            f"{os.fspath(path)} is unreadable ({first}): truncated or corrupt; re-run the stage that writes it"
+        ) from None

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBase, Qwen3Config
 from transformers.utils import logging as _hf_logging
@@ -436,6 +436,8 @@ class Reasoner(nn.Module):
             tokenizer,
         )
         model = cls(config, tokenizer, backbone=backbone)
-        model.proj.load_state_dict(load_file(os.fspath(directory / "head.safetensors")))
+        from rgalign.models.checkpoint import load_weights
+
+        model.proj.load_state_dict(load_weights(directory / "head.safetensors"))
         model.eval()
         return model

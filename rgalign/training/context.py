@@ -131,9 +131,9 @@ def load_latents(
     when given), or, where the file lacks them, recomputed with its reasoner."""
     path = stage_dir / LATENTS
     if path.is_file():
-        from safetensors.torch import load_file
+        from rgalign.models.checkpoint import load_weights
 
-        out = load_file(str(path))
+        out = load_weights(path)
         saved_rows = out.pop(TRAIN_ROWS, None)
         if "valid" in out and len(out["valid"]) == len(ctx.splits["valid"]) and "train" in out:
             if saved_rows is None and len(out["train"]) == len(ctx.splits["train"]):

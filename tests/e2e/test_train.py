@@ -164,3 +164,20 @@ def test_ddp_two_processes_give_the_same_artifacts(tiny_data, tiny_run, tmp_path
     assert multi == single
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["test"]) == {"baseline", "qe"}
+
+
+def test_eval_of_a_truncated_ranker_is_one_line(tiny_run, tiny_data, tmp_path, capsys, monkeypatch):
+    from rgalign.cli import main, state
+
+    monkeypatch.setattr(state, "verbose", False)
+    out, _ = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    weights = copy / "stages" / "2-reward" / "ranker" / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size // 2)
+    with pytest.raises(SystemExit) as e:
+        main(["eval", str(copy), str(tiny_data)])
+    printed = capsys.readouterr()
+    assert e.value.code != 0
+    text = printed.out + printed.err
+    assert "model.safetensors is unreadable" in text and "Traceback" not in text and "unexpected" not in text

@@ -56,6 +56,24 @@ class PostprocessStep:
             raise RequestError(f"top_k must be in 1..{len(self.intent_ids)} (the KB's intents), got {k}")
         return k
 
+    def check(
+        self, topk_scores: np.ndarray | None, topk_idx: np.ndarray | None, all_scores: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One request's ranker outputs, checked (the step is callable directly): (B, K) scores and
+        indices within the KB, (B, N) scores over the whole KB; RequestError otherwise."""
+        if topk_scores is None or topk_idx is None or all_scores is None:
+            raise RequestError("postprocess: inputs `topk_scores`, `topk_idx` and `all_scores` are all required")
+        ts, ti, sc = np.asarray(topk_scores), np.asarray(topk_idx), np.asarray(all_scores)
+        n = len(self.intent_ids)
+        if ts.ndim != 2 or ti.shape != ts.shape or sc.ndim != 2 or sc.shape[0] != ts.shape[0] or sc.shape[1] != n:
+            raise RequestError(
+                f"postprocess: topk_scores {list(ts.shape)}, topk_idx {list(ti.shape)} must be (B, K) "
+                f"and all_scores {list(sc.shape)} (B, {n})"
+            )
+        if ti.size and (int(ti.min()) < 0 or int(ti.max()) >= n):
+            raise RequestError(f"postprocess: topk_idx must be in 0..{n - 1}")
+        return ts, ti, sc
+
     def __call__(
         self, topk_scores: np.ndarray, topk_idx: np.ndarray, all_scores: np.ndarray, k: int
     ) -> dict[str, np.ndarray]:
@@ -75,7 +93,9 @@ class TritonPythonModel:
     def _read(self, request: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         k = self.step.read_k(input_array(request, "top_k"))
         names = ("topk_scores", "topk_idx", "all_scores")
-        return (*(input_array(request, n) for n in names), k)
+        return (*self.step.check(*(input_array(request, n) for n in names)), k)
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        return respond_each(requests, self._read, lambda items: [self.step(*item) for item in items])
+        return respond_each(
+            requests, self._read, lambda items: [self.step(*item) for item in items], model="postprocess"
+        )

@@ -8,12 +8,13 @@ beside them), so ``Preprocessor.from_export(preprocess/1)`` reads them as it rea
 
 Each request is preprocessed on its own, as the in-process pipeline does for one call: a bad
 item (malformed JSON, a missing or mistyped feature) fails its request only. An unseen
-categorical value is not an error: it encodes to the out-of-vocabulary bucket.
+categorical value is not an error: it encodes to the out-of-vocabulary bucket. Each item is held
+to the deployment's `RequestLimits` (config parameters ``max_item_bytes``, ``max_text_chars``)
+before its JSON is parsed and before its prompt is tokenized (`rgalign.inference.limits`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -21,53 +22,56 @@ from typing import Any
 import numpy as np
 
 from rgalign.errors import DataError
-from rgalign.serve.models.common import RequestError, input_array, respond_each, version_dir
+from rgalign.inference.limits import RequestLimits, check_record, decode_item, one_line
+from rgalign.serve.models.common import (
+    RequestError,
+    input_array,
+    model_parameters,
+    respond_each,
+    version_dir,
+)
 
 
-def decode_features(features: np.ndarray) -> list[dict[str, Any]]:
-    """BYTES (B, 1) or (B,) of JSON objects -> B feature dicts; RequestError naming the item."""
+def decode_features(features: np.ndarray | None, limits: RequestLimits | None = None) -> list[dict[str, Any]]:
+    """BYTES (B, 1) or (B,) of JSON objects -> B feature dicts; RequestError naming the item
+    (sizes checked against ``limits`` before parsing)."""
+    if features is None:
+        raise RequestError("missing input `features`")
     items = np.asarray(features, dtype=object).reshape(-1)
     if items.size == 0:
         raise RequestError("empty batch: `features` must hold at least one JSON object")
-    records = []
-    for i, raw in enumerate(items):
-        try:
-            text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else str(raw)
-            record = json.loads(text)
-        except UnicodeDecodeError as e:
-            raise RequestError(f"features[{i}]: not UTF-8 text ({e.reason})") from None
-        except json.JSONDecodeError as e:
-            raise RequestError(
-                f"features[{i}]: malformed JSON ({e.msg} at line {e.lineno} column {e.colno})"
-            ) from None
-        if not isinstance(record, dict):
-            raise RequestError(
-                f"features[{i}]: expected a JSON object of features, got {type(record).__name__}"
-            )
-        records.append(record)
-    return records
+    limits = limits or RequestLimits()
+    return [decode_item(raw, i, limits) for i, raw in enumerate(items)]
 
 
 class PreprocessStep:
     """``features`` (B, 1) BYTES -> the four tensors above, via the export's `Preprocessor`."""
 
-    def __init__(self, preprocessor: Any) -> None:
+    def __init__(self, preprocessor: Any, limits: RequestLimits | None = None) -> None:
         self.preprocessor = preprocessor
+        self.limits = limits or RequestLimits()
+        fields = getattr(preprocessor, "fields", None)
+        self.names = tuple(fields.all_names) if fields is not None else ()
+        self.categorical = (
+            tuple(fields.user_categorical) + tuple(fields.context_categorical) if fields is not None else ()
+        )
 
     @classmethod
-    def from_dir(cls, folder: str | os.PathLike) -> PreprocessStep:
+    def from_dir(cls, folder: str | os.PathLike, limits: RequestLimits | None = None) -> PreprocessStep:
         from rgalign.inference.preprocess import Preprocessor
 
-        return cls(Preprocessor.from_export(folder))
+        return cls(Preprocessor.from_export(folder), limits)
 
-    def __call__(self, features: np.ndarray) -> dict[str, np.ndarray]:
-        records = decode_features(features)
+    def __call__(self, features: np.ndarray | None) -> dict[str, np.ndarray]:
+        records = decode_features(features, self.limits)
+        for i, record in enumerate(records):
+            check_record(record, i, self.names, self.limits, self.categorical)
         try:
             batch = self.preprocessor(records)
         except DataError as e:
             raise RequestError(str(e)) from None
-        except (TypeError, ValueError) as e:  # a value the tokenizer or prompt builder rejects
-            raise RequestError(f"features: cannot preprocess ({type(e).__name__}: {e})") from None
+        except Exception as e:  # noqa: BLE001 - any value the prompt builder or tokenizer rejects
+            raise RequestError(f"features: cannot preprocess ({one_line(e)})") from None
         return {
             "input_ids": batch.input_ids,
             "attention_mask": batch.attention_mask,
@@ -80,11 +84,13 @@ class TritonPythonModel:
     """Triton's entry point (``REPO/preprocess/1/model.py`` imports it)."""
 
     def initialize(self, args: Mapping[str, str]) -> None:
-        self.step = PreprocessStep.from_dir(version_dir(args))
+        limits = RequestLimits.from_dict(model_parameters(args))
+        self.step = PreprocessStep.from_dir(version_dir(args), limits)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         return respond_each(
             requests,
             lambda r: self.step(input_array(r, "features")),
             lambda outputs: outputs,
+            model="preprocess",
         )

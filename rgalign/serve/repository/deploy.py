@@ -44,12 +44,14 @@ from rgalign.artifacts.manifest import read_manifest
 from rgalign.artifacts.registry import ENSEMBLE, check_backend
 from rgalign.artifacts.run import sha256_file
 from rgalign.errors import ConfigError, ServeError
+from rgalign.inference.limits import RequestLimits
 from rgalign.inference.preprocess import Preprocessor
 from rgalign.io import atomic_dir, read_json, write_json_atomic, write_text_atomic
 from rgalign.progress import Progress, step_announcer
 from rgalign.serve.repository import config as tc
 from rgalign.serve.repository.readme import README_TEXT
 from rgalign.serve.repository.signature import Signature, external_data, model_files, signature
+from rgalign.serve.server.live import carry_runtime_files, refuse_unless_forced, request_reload
 
 STEP_MODELS = ("preprocess", "reasoner", "ranker", "postprocess")
 
@@ -68,6 +70,11 @@ class DeployOptions:
       compete for the cores (ONNX Runtime already uses them all).
     - ``threads=0``: ONNX Runtime's default intra-op threads (one per core), python backend only.
     - ``default_top_k=None``: the export's ``serving.topk`` (the K of the ranker graph).
+    - ``max_item_bytes``, ``max_text_chars``: request limits checked before parsing and
+      tokenization (`rgalign.inference.limits.RequestLimits`, where the defaults are explained).
+    - ``batch_invariant=True``: a dynamically quantized (int8) graph runs row by row, so an
+      answer never depends on batch mates (`rgalign.inference.batch_invariance`); False trades
+      that for the batching gain (measured in benchmarks/reliability.py).
     """
 
     backend: str = "python"
@@ -78,6 +85,9 @@ class DeployOptions:
     threads: int = 0
     default_top_k: int | None = None
     tensorrt_accelerator: bool = False
+    max_item_bytes: int = RequestLimits.max_item_bytes
+    max_text_chars: int = RequestLimits.max_text_chars
+    batch_invariant: bool = True
 
     def __post_init__(self) -> None:
         check_backend(self.backend, self.precision)
@@ -91,6 +101,10 @@ class DeployOptions:
             raise ConfigError("the TensorRT accelerator applies to --backend onnxruntime only")
         if self.backend == "tensorrt" and self.precision == "fp32":
             raise ConfigError("TensorRT plans are exported in fp16 or int8; pass --precision fp16 or int8")
+        self.limits()  # raises ConfigError for bad limits
+
+    def limits(self) -> RequestLimits:
+        return RequestLimits(max_item_bytes=self.max_item_bytes, max_text_chars=self.max_text_chars)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -202,9 +216,13 @@ def _write_preprocess(
         dynamic_batching=_batching(options),
         instance_groups=_groups(options),
         warmup=_warmup(model_dir, {"features": features}),
+        parameters={k: str(v) for k, v in options.limits().to_dict().items()},
     )
     tc.write_config(model_dir, config)
     return {
+        "vocab_size": np.array(len(pre.tokenizer), dtype=np.int64),
+        "max_len": np.array(pre.max_len, dtype=np.int64),
+        "cardinalities": np.array(list(pre.encoders.cardinalities), dtype=np.int64),
         "input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
         "cat": batch.cat, "num": batch.num,
         "pad_token_id": np.array(pre.tokenizer.pad_token_id, dtype=np.int64),
@@ -329,13 +347,17 @@ def deploy(
     out: str | os.PathLike,
     options: DeployOptions | None = None,
     progress: Progress | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Write the Triton model repository ``out`` for the export ``export_dir``; returns what
     ``out/deploy.json`` records (options, source export, models, files with their sha256).
 
     Raises ExportError when the export lacks what the options need (a precision, TensorRT
     plans), ConfigError for bad options. ``out`` is replaced only when everything was written.
+    A running server of ``out`` is a ServeError unless ``force``: then the new repository
+    replaces it and the server reloads from it (`rgalign.serve.server.live`; summary["reload"]).
     """
+    live = refuse_unless_forced(out, force)
     options = options or DeployOptions()
     say = step_announcer(progress)
     export = Path(export_dir)
@@ -358,18 +380,22 @@ def deploy(
         say("preprocess")
         warm = _write_preprocess(tmp, export, manifest, sig, options)
         say(f"reasoner ({options.backend}, {options.precision})")
-        params = {"threads": str(options.threads)}
+        params = {"threads": str(options.threads), "batch_invariant": "1" if options.batch_invariant else "0"}
         _write_graph_model(
             tmp, "reasoner", sources["reasoner"], sig.reasoner_inputs, sig.reasoner_outputs,
             {"input_ids": warm["input_ids"], "attention_mask": warm["attention_mask"]}, options,
-            {**params, "pad_token_id": str(int(warm["pad_token_id"]))}, data["reasoner"],
+            {**params, "pad_token_id": str(int(warm["pad_token_id"])),
+             "vocab_size": str(int(warm["vocab_size"])), "max_len": str(int(warm["max_len"]))},
+            data["reasoner"],
         )  # fmt: skip
         say(f"ranker ({options.backend}, {options.precision})")
         d_query = sig.spec("query").dims[0]
         _write_graph_model(
             tmp, "ranker", sources["ranker"], sig.ranker_inputs, sig.ranker_outputs,
             {"cat": warm["cat"], "num": warm["num"], "query": np.zeros((1, d_query), np.float32)},
-            options, params, data["ranker"],
+            options, {**params, "d_query": str(d_query),
+                      "cardinalities": json.dumps([int(c) for c in warm["cardinalities"]])},
+            data["ranker"],
         )  # fmt: skip
         say("postprocess")
         _write_postprocess(tmp, export, manifest, sig, options, default_k)
@@ -403,6 +429,11 @@ def deploy(
             "seconds": round(time.perf_counter() - t0, 2),
         }
         write_json_atomic(tmp / "deploy.json", summary)
+        if live:
+            carry_runtime_files(out, tmp)  # the running serve's log, key and state survive
+    if live:
+        say("reloading the running server")
+        summary["reload"] = request_reload(out, live)
     return summary
 
 

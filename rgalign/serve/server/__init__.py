@@ -5,7 +5,11 @@
 - procs.py: find what a server left behind (``/proc`` scan by process group or marker, shared
   memory by prefix), remove it, quote the useful part of its log;
 - lifecycle.py: `TritonServer` (start, wait for ready, stop, clean up; a context manager) and
-  `run_forever` (the blocking `rgalign serve`), which uses only its public methods.
+  `run_forever` (block until a signal), which uses only its public methods;
+- supervisor.py: what `rgalign serve` runs: dead stubs reloaded (not-ready meanwhile), a dead
+  server restarted, SIGHUP reload from disk, SIGTERM drain;
+- admin.py: the restricted admin APIs, their key, the model-control client;
+- live.py: who serves a repository (``deploy`` refuses it unless ``--force``, then reloads).
 """
 
 from rgalign.serve.server.binary import (
