@@ -1,7 +1,7 @@
 """int8: the fastest (reasoner, ranker) pair of int8 graphs that passes every int8 gate.
 
 Each model gets its own candidates (dynamic per-channel, static QDQ with the chosen calibration,
-and for the reasoner weight-only int8 ``MatMulNBits``), each gated on its own and timed; pairs
+and for an LLM-size reasoner weight-only int8 ``MatMulNBits``), each gated on its own and timed; pairs
 are judged end to end on held-out requests, fastest first. A candidate that fails to quantise,
 load or run is a FAIL candidate in the report, never an aborted export. Round 2 (only if round 1
 has no passing pair) keeps each model's sensitive MatMuls fp32 and adds the fp32 ranker; its
@@ -21,6 +21,7 @@ from typing import Any
 from rgalign.artifacts.registry import MODELS
 from rgalign.errors import ExportError
 from rgalign.export.context import ExportContext
+from rgalign.export.external import is_external
 from rgalign.export.onnx_export import check_onnx
 from rgalign.export.precision import (
     quantize_int8_dynamic,
@@ -142,9 +143,12 @@ def _search(ctx: ExportContext) -> None:
     cands: dict[str, list[Int8Candidate]] = {
         name: [_candidate(ctx, name, m, []) for m in methods] for name in MODELS
     }
-    # weight-only int8 (MatMulNBits): the LLM-runtime way; activations stay float, so it keeps
-    # the reasoner's between-prompt differences where dynamic int8 may blur them
-    cands["reasoner"].append(_candidate(ctx, "reasoner", "weight-only", []))
+    # weight-only int8 (MatMulNBits) for an LLM-size reasoner (one written with external data):
+    # the LLM-runtime way, activations stay float. Not for a small one: there it is no faster,
+    # and a choice by latency would trade the dynamic graph that serving runs row-wise (batch
+    # invariance, rgalign.inference.batch_invariance) for one whose batch invariance is unmeasured
+    if is_external(ctx.fp32["reasoner"]):
+        cands["reasoner"].append(_candidate(ctx, "reasoner", "weight-only", []))
     tried: list[tuple[str, str, GateReport]] = []  # (reasoner method, ranker method, end-to-end gate)
 
     def pick(limit: int) -> tuple[Int8Candidate, Int8Candidate, GateReport] | None:
