@@ -32,23 +32,63 @@ def _read_config(path: Path | None) -> dict | None:
         raise ConfigError(f"--config {path}: cannot parse: {e}") from None
 
 
-def print_metrics(result: dict) -> None:
-    """The ablation table: one row per model, deltas relative to the baseline."""
+def ordering_line(result: dict) -> str | None:
+    """One line: the test GAUC of popularity and each model, best last, and whether the paper's
+    ordering holds (QE+RGA > QE > baseline >= popularity)."""
+    test, pop = result.get("test", {}), result.get("popularity")
+    names = [m for m in ("baseline", "qe", "qe_rga") if m in test]
+    if not names:
+        return None
+    g = {m: test[m]["gauc"] for m in names}
+    if pop:
+        g = {"popularity": pop["gauc"], **g}
+    ranked = sorted(g.items(), key=lambda kv: kv[1])
+    chain = f"{ranked[0][0]} {ranked[0][1]:.4f}" + "".join(
+        f" {'=' if v == prev else '<'} {m} {v:.4f}" for (_, prev), (m, v) in zip(ranked, ranked[1:]))
+    want = [m for m in ("popularity", "baseline", "qe", "qe_rga") if m in g]
+    holds = all(g[a] < g[b] or (a == "popularity" and g[a] <= g[b]) for a, b in zip(want, want[1:]))
+    order = " > ".join(reversed([m for m in want if m != "popularity"])) + (" >= popularity" if "popularity" in want else "")
+    return f"test GAUC: {chain}; ordering {order}: {'holds' if holds else 'does not hold'}"
+
+
+def print_metrics(result: dict, note: str | None = None) -> None:
+    """The ablation table: one row per model, deltas relative to the baseline, and the item
+    popularity reference (so a user sees at a glance whether the models beat it); then GAUC by
+    cohort (seen / cold intents and users)."""
     test = result.get("test", {})
     if not test:
         console.print("no finished ranker to evaluate yet")
         return
-    keys = list(next(iter(test.values())).keys())
-    table = Table(title="test split", title_justify="left")
-    table.add_column("model")
-    for k in keys:
-        table.add_column(k, justify="right")
+    first = next(iter(test.values()))
+    head = [k for k in ("auc", "gauc", "logloss", "error_rate") if k in first]
+    keys = head + sorted(k for k in first if k not in head and not k.startswith(("share_", "gauc_")))
+    cohorts = [f"gauc_{c}" for c in ("seen_intents", "cold_intents", "seen_users", "cold_users") if f"gauc_{c}" in first]
     rel = result.get("relative_to_baseline", {})
-    for name, m in test.items():
-        table.add_row(name, *[f"{m[k]:.4f}" for k in keys])
-        if name in rel:
-            table.add_row("  vs baseline", *[f"{100 * rel[name][k]:+.2f}%" for k in keys], style="dim")
-    console.print(table)
+    pop = result.get("popularity")
+    rows = ([("popularity (reference)", pop)] if pop else []) + list(test.items())
+    for title, cols in (("test split", keys), ("test GAUC by cohort (seen = in the training split)", cohorts)):
+        if not cols:
+            continue
+        table = Table(title=title, title_justify="left")
+        table.add_column("model")
+        for k in cols:
+            table.add_column(k.removeprefix("gauc_").replace("_", " "), justify="right")
+        for name, m in rows:
+            table.add_row(name, *[f"{m.get(k, float('nan')):.4f}" for k in cols])
+            if name in rel and cols is keys:
+                table.add_row("  vs baseline", *[f"{100 * rel[name].get(k, float('nan')):+.2f}%" for k in cols],
+                              style="dim")
+        console.print(table)
+    line = ordering_line(result)
+    if line:
+        console.print(line, highlight=False)
+    if note:
+        console.print(note, highlight=False)
+    shares = {c.removeprefix("gauc_"): first[f"share_{c.removeprefix('gauc_')}"] for c in cohorts
+              if f"share_{c.removeprefix('gauc_')}" in first}
+    if shares:
+        console.print("test impressions: " + ", ".join(f"{v:.0%} {k.replace('_', ' ')}" for k, v in shares.items()),
+                      highlight=False)
 
 
 @app.command("train")

@@ -31,8 +31,8 @@ from torch import nn
 
 from rgalign.config import from_dict
 from rgalign.errors import ConfigError
-from rgalign.models.checkpoint import read_checkpoint, save_module
-from rgalign.models.layers import FieldEmbedding, InteractingLayer, MixtureOfExpertsScorer
+from rgalign.models.checkpoint import read_checkpoint, save_module, upgrade_ranker_state
+from rgalign.models.layers import FieldEmbedding, IntentIds, InteractingLayer, MixtureOfExpertsScorer
 
 KIND = "baseline_autoint_moe"
 
@@ -49,6 +49,8 @@ class BaselineConfig:
     n_experts: int = 4
     expert_hidden: int = 128
     dropout: float = 0.1
+    id_dropout: float = 0.05  # categorical ids -> OOV bucket in training (see FieldEmbedding)
+    intent_dropout: float = 0.1  # known intents treated as cold in training (see IntentIds)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -82,15 +84,18 @@ class AutoIntMoE(nn.Module):
         c = config
         with torch.random.fork_rng(devices=[]):  # seeded init, global RNG untouched
             torch.manual_seed(c.seed)
-            self.fields = FieldEmbedding(c.cardinalities, c.n_numeric, c.field_dim)
+            self.fields = FieldEmbedding(c.cardinalities, c.n_numeric, c.field_dim, c.id_dropout)
             self.interacting = nn.ModuleList(
                 InteractingLayer(c.field_dim, c.attn_heads, c.dropout) for _ in range(c.attn_layers)
             )
             n_fields = len(c.cardinalities) + c.n_numeric
-            self.intent_emb = nn.Embedding(c.n_intents, c.dim)
-            nn.init.normal_(self.intent_emb.weight, std=0.05)
+            self.intent_ids = IntentIds(c.n_intents, c.dim, c.intent_dropout)
+            # the learned part of the score is scaled by a gate; training sets it to 0 when it
+            # installs the popularity prior (`rgalign.training.context.init_intent_prior`, ReZero):
+            # the ranker then starts as item popularity exactly, and moves away from it only as far
+            # as the valid GAUC rewards (early stopping keeps the starting weights otherwise)
+            self.gate = nn.Parameter(torch.ones(()))
             self.intent_mlp = nn.Sequential(nn.Linear(c.dim, 2 * c.dim), nn.GELU(), nn.Linear(2 * c.dim, c.dim))
-            self.intent_bias = nn.Parameter(torch.zeros(c.n_intents))
             self.head = MixtureOfExpertsScorer(n_fields * c.field_dim, c.dim, c.n_experts, c.expert_hidden, c.dropout)
 
     def user_vector(self, cat: torch.Tensor, num: torch.Tensor) -> torch.Tensor:
@@ -100,20 +105,26 @@ class AutoIntMoE(nn.Module):
             x = layer(x)
         return x.flatten(1)
 
+    def intents(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The KB's intent vectors (N, dim) and biases (N,) (cold intents: the shared cold ones)."""
+        e, bias = self.intent_ids()
+        return e + self.intent_mlp(e), bias
+
     def intent_table(self) -> torch.Tensor:
         """The KB's intent vectors (N, dim)."""
-        e = self.intent_emb.weight
-        return e + self.intent_mlp(e)
+        return self.intents()[0]
 
     def forward(self, cat: torch.Tensor, num: torch.Tensor, intent_idx: torch.Tensor) -> torch.Tensor:
         """Logits of the given intents: cat (B, Fc), num (B, Fn), intent_idx (B, S) -> (B, S)."""
-        v = self.intent_table()[intent_idx]  # (B, S, dim)
-        return self.head(self.user_vector(cat, num), v) + self.intent_bias[intent_idx]
+        table, bias = self.intents()
+        v = table[intent_idx]  # (B, S, dim)
+        return self.gate * self.head(self.user_vector(cat, num), v) + bias[intent_idx]
 
     def score_all(self, cat: torch.Tensor, num: torch.Tensor) -> torch.Tensor:
         """Logits of every KB intent in one pass: (B, Fc), (B, Fn) -> (B, N)."""
-        v = self.intent_table().unsqueeze(0)  # (1, N, dim), broadcast over the batch
-        return self.head(self.user_vector(cat, num), v) + self.intent_bias
+        table, bias = self.intents()
+        v = table.unsqueeze(0)  # (1, N, dim), broadcast over the batch
+        return self.gate * self.head(self.user_vector(cat, num), v) + bias
 
     def topk(self, cat: torch.Tensor, num: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k logits and KB indices: ((B, k) float32, (B, k) int64), best first."""
@@ -126,5 +137,5 @@ class AutoIntMoE(nn.Module):
     def load(cls, directory: str | os.PathLike) -> AutoIntMoE:
         config, state = read_checkpoint(directory, KIND)
         model = cls(BaselineConfig.from_dict(config))
-        model.load_state_dict(state)
+        model.load_state_dict(upgrade_ranker_state(state, model.state_dict()))
         return model.eval()

@@ -69,3 +69,20 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ConfigError(
             f"{os.fspath(path)} is unreadable ({first}): truncated or corrupt; re-run the stage that writes it"
         ) from None
+
+
+# Checkpoints written before issue 12 (rankers without the cold-intent ids, the popularity gate and
+# the query-intent affinity): their tensors under the new names, the new ones at the values that
+# score exactly as those models did (gate 1, affinity 0, every intent known).
+_RENAMED = {"intent_emb.weight": "intent_ids.emb.weight", "intent_bias": "intent_ids.bias"}
+_ADDED = ("gate", "affinity", "intent_latent", "intent_ids.cold_emb", "intent_ids.cold_bias", "intent_ids.known")
+
+
+def upgrade_ranker_state(state: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with older names renamed and absent new tensors taken from ``fresh`` (a newly
+    built model's state dict, whose defaults reproduce the older model's scores)."""
+    out = {_RENAMED.get(k, k): v for k, v in state.items()}
+    for k in _ADDED:
+        if k not in out and k in fresh:
+            out[k] = fresh[k]
+    return out

@@ -10,6 +10,8 @@ trace time).
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 
 import torch
@@ -26,11 +28,16 @@ class FieldEmbedding(nn.Module):
     Numeric: field f's token is ``x_f * w_f + b_f`` (AutoInt's numeric embedding), so the value
     scales a learned direction.
 
+    ``oov_dropout``: in training, each categorical id is replaced by the OOV bucket 0 with this
+    probability, so that bucket's embedding is trained: a user or value unseen in training (most
+    test users of a real log) then scores through a learned vector, not a random one.
+
     Shapes: cat (B, Fc) int64, num (B, Fn) float32 -> (B, Fc + Fn, D).
     """
 
-    def __init__(self, cardinalities: Sequence[int], n_numeric: int, dim: int) -> None:
+    def __init__(self, cardinalities: Sequence[int], n_numeric: int, dim: int, oov_dropout: float = 0.0) -> None:
         super().__init__()
+        self.oov_dropout = float(oov_dropout)
         self.n_categorical = len(cardinalities)
         self.n_numeric = n_numeric
         self.dim = dim
@@ -52,6 +59,8 @@ class FieldEmbedding(nn.Module):
         tokens = []
         if self.n_categorical:
             ok = (cat >= 0) & (cat < self.cardinalities)
+            if self.training and self.oov_dropout > 0:
+                ok = ok & (torch.rand(cat.shape, device=cat.device) >= self.oov_dropout)
             ids = torch.where(ok, cat, torch.zeros_like(cat)) + self.offsets
             tokens.append(self.table(ids))
         if self.n_numeric:
@@ -175,3 +184,60 @@ class MixtureOfExpertsScorer(nn.Module):
         gate_logits = self.moe.gate(x).unsqueeze(1) + self.gate_v(v)  # (B, 1, E) + (B|1, S, E)
         dots = v @ experts.transpose(1, 2)  # (B|1, S, D) @ (B, D, E) -> (B, S, E)
         return (torch.softmax(gate_logits, dim=-1) * dots).sum(dim=-1)
+
+
+class IntentIds(nn.Module):
+    """The intent-id part of an intent tower: an id embedding (N, dim) and a bias (N,), with one
+    shared *cold* embedding and bias for intents never shown in training.
+
+    ``known`` (N,) is a buffer (1 = shown in training, set by `set_known`; all ones until set).
+    A cold intent's id embedding and bias are the shared cold ones, so it is scored from what the
+    tower knows beyond its id (its text, in the QE ranker), never from an untrained random row.
+    In training, ``intent_dropout`` of the known intents are treated as cold at each forward, so
+    the cold embedding and the text path learn to stand in for an id.
+
+    ``init_bias(p, p0)`` starts the biases at the logit of each intent's smoothed training like
+    rate (and the cold bias at the overall rate's): the ranker starts from item popularity and
+    its training has only to learn what goes beyond it.
+    """
+
+    def __init__(self, n_intents: int, dim: int, intent_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.intent_dropout = float(intent_dropout)
+        self.emb = nn.Embedding(n_intents, dim)
+        nn.init.normal_(self.emb.weight, std=0.05)
+        self.bias = nn.Parameter(torch.zeros(n_intents))
+        self.cold_emb = nn.Parameter(torch.zeros(dim))
+        self.cold_bias = nn.Parameter(torch.zeros(()))
+        self.register_buffer("known", torch.ones(n_intents))
+
+    def set_known(self, known: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.known.copy_(torch.as_tensor(known, dtype=self.known.dtype))
+
+    def init_bias(self, rates: torch.Tensor, overall: float) -> None:
+        """Biases from like rates (N,) in (0, 1) and the overall rate."""
+        r = torch.as_tensor(rates, dtype=torch.float32).clamp(1e-4, 1 - 1e-4)
+        o = min(max(float(overall), 1e-4), 1 - 1e-4)
+        with torch.no_grad():
+            self.bias.copy_(torch.log(r / (1 - r)))
+            self.cold_bias.fill_(math.log(o / (1 - o)))
+
+    def freeze_bias(self) -> None:
+        """Keep the biases where `init_bias` put them: item popularity as a fixed offset (a GLM's
+        prior), what the rest of the ranker learns is what goes beyond it. Trained, a rare
+        intent's bias un-learns the smoothing (two likes in two shows -> a top intent)."""
+        self.bias.requires_grad_(False)
+        self.cold_bias.requires_grad_(False)
+
+    def _known(self) -> torch.Tensor:
+        k = self.known
+        if self.training and self.intent_dropout > 0:
+            k = k * (torch.rand(k.shape, device=k.device) >= self.intent_dropout).to(k.dtype)
+        return k
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(id embeddings (N, dim), biases (N,)), cold intents' rows replaced by the cold ones."""
+        k = self._known()
+        e = k[:, None] * self.emb.weight + (1 - k)[:, None] * self.cold_emb
+        return e, k * self.bias + (1 - k) * self.cold_bias

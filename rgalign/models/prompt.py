@@ -20,7 +20,10 @@ The prompt format (deterministic; the same features always give the same string)
 - numeric values rounded for a language model, see `format_number`: whole numbers as ints, else
   1 decimal from 1 up, 2 significant digits below 1; digits beyond that are noise to the model
   and cost tokens.
-- text verbatim.
+- text verbatim, unless the run's prompt budget (`PromptFields.text_max_chars`, derived from the
+  training prompts by `rgalign.training.prompt_budget`) caps that field: then its *oldest* part
+  (the start) is cut at a word boundary and replaced by the marker ``...`` (`cut_text`), so the
+  structured fields are never what a token budget drops.
 - a value that is ``None`` or NaN is written ``?`` (unknown); a field missing from the dict is a
   `DataError`: silently prompting without it would hide a broken request.
 
@@ -42,6 +45,10 @@ SECTION_SEP = " | "
 FIELD_SEP = "; "
 TARGET_SEP = " ; "
 UNKNOWN = "?"
+CUT_MARKER = "..."
+_GROUP_NAMES = (
+    "user_categorical", "user_numeric", "user_text", "context_categorical", "context_numeric", "context_text",
+)
 
 
 @dataclass(frozen=True)
@@ -54,10 +61,17 @@ class PromptFields:
     context_categorical: tuple[str, ...] = ()
     context_numeric: tuple[str, ...] = ()
     context_text: tuple[str, ...] = ()
+    # (field, max characters) of the text fields the prompt budget caps; () caps nothing
+    text_max_chars: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
-        for name in self.__dataclass_fields__:
+        for name in _GROUP_NAMES:
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        caps = dict(self.text_max_chars.items() if isinstance(self.text_max_chars, Mapping) else self.text_max_chars)
+        unknown = sorted(set(caps) - set(self.user_text + self.context_text))
+        if unknown:
+            raise DataError(f"prompt budget caps {', '.join(unknown)}, which are not text fields")
+        object.__setattr__(self, "text_max_chars", tuple((str(k), int(v)) for k, v in caps.items()))
         names = [n for group in self._groups() for n in group]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -80,14 +94,22 @@ class PromptFields:
     @classmethod
     def from_schema(cls, schema: Any) -> PromptFields:
         """From anything with the six tuples of `rgalign.data.schema.DatasetSchema`."""
-        return cls(**{name: tuple(getattr(schema, name)) for name in cls.__dataclass_fields__})
+        return cls(**{name: tuple(getattr(schema, name)) for name in _GROUP_NAMES})
 
-    def to_dict(self) -> dict[str, list[str]]:
-        return {name: list(getattr(self, name)) for name in self.__dataclass_fields__}
+    def with_text_budget(self, caps: Mapping[str, int]) -> PromptFields:
+        """The same fields with text fields capped at ``caps`` characters."""
+        return PromptFields(**{name: getattr(self, name) for name in _GROUP_NAMES}, text_max_chars=tuple(caps.items()))
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {name: list(getattr(self, name)) for name in _GROUP_NAMES}
+        if self.text_max_chars:
+            d["text_max_chars"] = dict(self.text_max_chars)
+        return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Sequence[str]]) -> PromptFields:
-        return cls(**{name: tuple(d.get(name, ())) for name in cls.__dataclass_fields__})
+    def from_dict(cls, d: Mapping[str, Any]) -> PromptFields:
+        return cls(**{name: tuple(d.get(name, ())) for name in _GROUP_NAMES},
+                   text_max_chars=tuple(dict(d.get("text_max_chars") or {}).items()))
 
 
 def _is_missing(value: Any) -> bool:
@@ -139,6 +161,27 @@ def format_category(value: Any) -> str:
     return str(value)
 
 
+def cut_text(text: str, max_chars: int) -> str:
+    """``text`` if it has at most ``max_chars`` characters; else its end, cut at a word boundary,
+    after the marker ``...``: the oldest part goes first (a history field lists oldest first),
+    and the result never exceeds ``max_chars``.
+
+    >>> cut_text("Alien (1979); Heat (1995); Fargo (1996)", 30)
+    '... Heat (1995); Fargo (1996)'
+    """
+    if len(text) <= max_chars:
+        return text
+    room = max_chars - len(CUT_MARKER) - 1
+    if room <= 0:
+        return CUT_MARKER
+    tail = text[len(text) - room :]
+    if not text[len(text) - room - 1].isspace():  # started mid-word: drop that partial word
+        space = tail.find(" ")
+        tail = tail[space + 1 :] if space >= 0 else ""
+    tail = tail.lstrip()
+    return f"{CUT_MARKER} {tail}" if tail else CUT_MARKER
+
+
 def _get(features: Mapping[str, Any], name: str) -> Any:
     if name not in features:
         raise DataError(f"feature {name!r} is missing from the request")
@@ -160,9 +203,13 @@ def build_prompt(features: Mapping[str, Any], fields: PromptFields) -> str:
         parts += [f"{n}={format_number(_get(features, n), n)}" for n in nums]
         if parts:
             sections.append(f"{label}: {FIELD_SEP.join(parts)}")
+    caps = dict(fields.text_max_chars)
     for name in fields.user_text + fields.context_text:
         value = _get(features, name)
-        sections.append(f"{name}: {UNKNOWN if _is_missing(value) else str(value)}")
+        text = UNKNOWN if _is_missing(value) else str(value)
+        if name in caps:
+            text = cut_text(text, caps[name])
+        sections.append(f"{name}: {text}")
     sections.append(QUERY_MARKER)
     return SECTION_SEP.join(sections)
 

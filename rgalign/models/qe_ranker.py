@@ -11,7 +11,9 @@
     score (B, S):       MoE gated expert dot products on flatten(T)        (see MixtureOfExpertsScorer)
                       + intent-to-request target attention:  each intent v_n attends over the
                         fused tokens T, c_bn = softmax(W_q v_n . W_k T_b) W_v T_b, term <c_bn, W_o v_n>
-                      + intent bias b_n
+                      + query-intent affinity  q W z_n  (z_n: the intent text's latent in the
+                        latent query's space, a buffer; W starts at 0)
+                      + intent bias b_n (item popularity, fixed, see IntentIds)
 
 The target-attention term is the "intent attends to the fused user/query tokens" path: it lets the
 latent query modulate each intent's score separately, yet it is batched matmuls of (B, N, L)
@@ -39,8 +41,8 @@ from torch import nn
 
 from rgalign.config import from_dict
 from rgalign.errors import ConfigError
-from rgalign.models.checkpoint import read_checkpoint, save_module
-from rgalign.models.layers import CrossAttention, FieldEmbedding, InteractingLayer, MixtureOfExpertsScorer
+from rgalign.models.checkpoint import read_checkpoint, save_module, upgrade_ranker_state
+from rgalign.models.layers import CrossAttention, FieldEmbedding, IntentIds, InteractingLayer, MixtureOfExpertsScorer
 
 KIND = "qe_ranker"
 
@@ -61,6 +63,8 @@ class QERankerConfig:
     n_experts: int = 4
     expert_hidden: int = 128
     dropout: float = 0.1
+    id_dropout: float = 0.05  # categorical ids -> OOV bucket in training (see FieldEmbedding)
+    intent_dropout: float = 0.1  # known intents treated as cold in training (see IntentIds)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -97,7 +101,7 @@ class QERanker(nn.Module):
         with torch.random.fork_rng(devices=[]):  # seeded init, global RNG untouched
             torch.manual_seed(c.seed)
             # user/context tower
-            self.fields = FieldEmbedding(c.cardinalities, c.n_numeric, c.field_dim)
+            self.fields = FieldEmbedding(c.cardinalities, c.n_numeric, c.field_dim, c.id_dropout)
             self.interacting = nn.ModuleList(
                 InteractingLayer(c.field_dim, c.attn_heads, c.dropout) for _ in range(c.attn_layers)
             )
@@ -113,11 +117,14 @@ class QERanker(nn.Module):
             )
             self.token_norm = nn.LayerNorm(c.field_dim)
             # intent tower
-            self.intent_emb = nn.Embedding(c.n_intents, c.dim)
-            nn.init.normal_(self.intent_emb.weight, std=0.05)
+            self.intent_ids = IntentIds(c.n_intents, c.dim, c.intent_dropout)
+            # the learned part of the score is scaled by a gate; training sets it to 0 when it
+            # installs the popularity prior (`rgalign.training.context.init_intent_prior`, ReZero):
+            # the ranker then starts as item popularity exactly, and moves away from it only as far
+            # as the valid GAUC rewards (early stopping keeps the starting weights otherwise)
+            self.gate = nn.Parameter(torch.ones(()))
             self.text_in = nn.Linear(c.text_dim, c.dim) if c.text_dim else None
             self.intent_mlp = nn.Sequential(nn.Linear(c.dim, 2 * c.dim), nn.GELU(), nn.Linear(2 * c.dim, c.dim))
-            self.intent_bias = nn.Parameter(torch.zeros(c.n_intents))
             # score heads
             n_tokens = len(c.cardinalities) + c.n_numeric + c.query_tokens
             self.head = MixtureOfExpertsScorer(n_tokens * c.field_dim, c.dim, c.n_experts, c.expert_hidden, c.dropout)
@@ -128,6 +135,11 @@ class QERanker(nn.Module):
         # the KB's intent text embeddings (from the reasoner backbone); zeros until set. A buffer:
         # saved in the checkpoint and exported as a constant, never trained
         self.register_buffer("intent_text_emb", torch.zeros(c.n_intents, max(c.text_dim, 0)))
+        # query-intent affinity: the intents' latents in the latent query's own space (the
+        # reasoner's `encode_prompts` of the intent texts: what RG-CL aligns a request's latent
+        # query with), compared with the latent query through a bilinear map that starts at 0
+        self.register_buffer("intent_latent", torch.zeros(c.n_intents, c.d_query))
+        self.affinity = nn.Parameter(torch.zeros(c.d_query, c.d_query))
 
     def set_intent_text_emb(self, emb: torch.Tensor) -> None:
         """Install the KB's text embeddings (N, text_dim), e.g. ``reasoner.encode_texts(texts)``."""
@@ -136,6 +148,18 @@ class QERanker(nn.Module):
             raise ConfigError(f"intent text embeddings have shape {tuple(emb.shape)}, the QE ranker needs {want}")
         with torch.no_grad():
             self.intent_text_emb.copy_(emb.to(self.intent_text_emb))
+
+    def set_intent_latents(self, z: torch.Tensor) -> None:
+        """Install the KB's intent latents (N, d_query), e.g. ``reasoner.encode_prompts(texts)``."""
+        want = (self.config.n_intents, self.config.d_query)
+        if tuple(z.shape) != want:
+            raise ConfigError(f"intent latents have shape {tuple(z.shape)}, the QE ranker needs {want}")
+        with torch.no_grad():
+            self.intent_latent.copy_(z.to(self.intent_latent))
+
+    def _affinity(self, query: torch.Tensor) -> torch.Tensor:
+        """(B, d) latent queries -> (B, N) bilinear affinity ``q W z_n`` with every intent."""
+        return (query @ self.affinity) @ self.intent_latent.T
 
     # ---- towers -----------------------------------------------------------------------------
 
@@ -150,12 +174,17 @@ class QERanker(nn.Module):
             q, f = q_att(q, f), f_att(f, q)  # mutual: both read the other's previous tokens
         return self.token_norm(torch.cat([f, q], dim=1))
 
-    def intent_table(self) -> torch.Tensor:
-        """The KB's intent vectors (N, dim): id embedding + projected text embedding, MLP'd."""
-        e = self.intent_emb.weight
+    def intents(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The KB's intent vectors (N, dim): id embedding (the shared cold one for an intent never
+        shown in training) + projected text embedding, MLP'd; and their biases (N,)."""
+        e, bias = self.intent_ids()
         if self.text_in is not None:
             e = e + self.text_in(self.intent_text_emb)
-        return e + self.intent_mlp(e)
+        return e + self.intent_mlp(e), bias
+
+    def intent_table(self) -> torch.Tensor:
+        """The KB's intent vectors (N, dim)."""
+        return self.intents()[0]
 
     def _score(self, tokens: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """tokens (B, L, field_dim), intent vectors v (B, S, dim) or (1, S, dim) -> (B, S)."""
@@ -172,13 +201,16 @@ class QERanker(nn.Module):
     ) -> torch.Tensor:
         """Logits of the given intents: cat (B, Fc) int64, num (B, Fn) float32, query (B, d),
         intent_idx (B, S) int64 -> (B, S)."""
-        v = self.intent_table()[intent_idx]  # (B, S, dim)
-        return self._score(self.request_tokens(cat, num, query), v) + self.intent_bias[intent_idx]
+        table, bias = self.intents()
+        v = table[intent_idx]  # (B, S, dim)
+        aff = torch.gather(self._affinity(query), 1, intent_idx)
+        return self.gate * self._score(self.request_tokens(cat, num, query), v) + aff + bias[intent_idx]
 
     def score_all(self, cat: torch.Tensor, num: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """Logits of every KB intent in one pass: (B, Fc), (B, Fn), (B, d) -> (B, N)."""
-        v = self.intent_table().unsqueeze(0)  # (1, N, dim), broadcast over the batch
-        return self._score(self.request_tokens(cat, num, query), v) + self.intent_bias
+        table, bias = self.intents()
+        v = table.unsqueeze(0)  # (1, N, dim), broadcast over the batch
+        return self.gate * self._score(self.request_tokens(cat, num, query), v) + self._affinity(query) + bias
 
     def topk(
         self, cat: torch.Tensor, num: torch.Tensor, query: torch.Tensor, k: int
@@ -195,5 +227,5 @@ class QERanker(nn.Module):
     def load(cls, directory: str | os.PathLike) -> QERanker:
         config, state = read_checkpoint(directory, KIND)
         model = cls(QERankerConfig.from_dict(config))
-        model.load_state_dict(state)
+        model.load_state_dict(upgrade_ranker_state(state, model.state_dict()))
         return model.eval()

@@ -44,7 +44,7 @@ from rgalign.models.reasoner import Reasoner
 from rgalign.models.tokenizer import encode_pairs, encode_prompts
 from rgalign.training import loops, rga
 from rgalign.training.context import (
-    Context, compute_latents, load_latents, prefetch_test_latents, require_reasoner, save_latents,
+    Context, ranker_fit_info, compute_latents, load_latents, prefetch_test_latents, require_reasoner, save_latents,
 )
 from rgalign.artifacts.run import STAGE_NAMES, final_models, latest_qe_ranker_dir
 from rgalign.training.distributed import shard
@@ -253,18 +253,43 @@ def stage_dpo(ctx: Context, round_: int) -> None:
     pairs = rga.dpo_pairs([prompts_all[p["row"]] for p in pools], [p["candidates"] for p in pools], rewards,
                           min_margin=c.min_margin)
     available = len(pairs)
+    best_margin = rga.best_of_n(rewards)[2] if len(pools) else torch.zeros(0)
     seed = _stage_seed(ctx, 4, round_)
     if len(pairs) > c.max_pairs:
         keep = np.sort(np.random.default_rng(seed).choice(len(pairs), c.max_pairs, replace=False))
         pairs = [pairs[i] for i in keep]
     if not pairs:
-        raise TrainError(f"stage 4: no (best, worst) pair has a reward margin >= {c.min_margin} among {len(pools)} "
-                         "pools; lower dpo.min_margin or raise rg_sft.max_requests in the --config file")
+        # no preference clears the reward model's noise: it scores the candidate queries (almost)
+        # alike, e.g. a ranker that early stopping kept near its start, item popularity, reads
+        # little of the latent query. DPO on such pairs would learn the noise: the RG-SFT
+        # reasoner goes on unchanged, and stage.json says why (a config can lower dpo.min_margin)
+        top = float(best_margin.max()) if len(best_margin) else 0.0
+        reason = (f"no (best, worst) pair has a reward margin >= {c.min_margin} among {len(pools)} pools (largest "
+                  f"{top:.4f}): the reward model scores the candidate queries almost alike")
+
+        def keep_policy(d: Path) -> None:
+            import shutil
+
+            shutil.copytree(src / "reasoner", d / "reasoner")
+
+        ctx.finish(4, keep_policy, {"seconds": 0.0, "pairs": 0, "pairs_available": 0, "pools": len(pools),
+                                    "skipped": reason, "policy_from": ctx.relative(src / "reasoner"),
+                                    "reference": ctx.relative(src / "reasoner"),
+                                    "frozen_unchanged": {"reference": True}}, round_)  # copied, never loaded
+        ctx.log(f"stage 4 dpo (round {round_}): skipped, {reason}")
+        return
+    # a held-out share of the pairs, never trained on: whether DPO learned a preference that
+    # generalises (reward accuracy, loss vs ln 2) is read on them, not on the training batches
+    n_held = int(round(c.held_out_fraction * len(pairs))) if len(pairs) >= 10 else 0
+    perm = np.random.default_rng(seed + 7).permutation(len(pairs))
+    held = [pairs[i] for i in np.sort(perm[:n_held])]
+    pairs = [pairs[i] for i in np.sort(perm[n_held:])]
     policy = Reasoner.load(src / "reasoner")
     frozen = _Frozen(reference=Reasoner.load(src / "reasoner"))
     reference = frozen.models["reference"]
     tok, max_len = policy.tokenizer, policy.config.max_len
     t0 = time.perf_counter()
+    held_before = _dpo_eval(reference, reference, held, c.beta)
     prompts = [p.prompt for p in pairs]
     ref_c = rga.batched_sequence_logprobs(reference, tok, prompts, [p.chosen for p in pairs], batch_size=64)
     ref_r = rga.batched_sequence_logprobs(reference, tok, prompts, [p.rejected for p in pairs], batch_size=64)
@@ -282,6 +307,7 @@ def stage_dpo(ctx: Context, round_: int) -> None:
     lengths = loops.pair_lengths(tok, prompts, [p.chosen for p in pairs], [p.rejected for p in pairs])
     log = _train_policy(ctx, policy, len(pairs), step, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
                         weight_decay=0.0, seed=seed, description=f"4 DPO (round {round_})", lengths=lengths)
+    held_after = _dpo_eval(policy, reference, held, c.beta)
     seconds = time.perf_counter() - t0
     checks = frozen.check("stage 4")
     tail = log.rows[-20:]
@@ -297,12 +323,34 @@ def stage_dpo(ctx: Context, round_: int) -> None:
         "final_reward_accuracy": float(np.mean([r["reward_accuracy"] for r in tail])),
         "final_reward_margin": float(np.mean([r["reward_margin"] for r in tail])),
         "pairs_per_s": len(pairs) * c.epochs / seconds,
+        "held_out": {"pairs": len(held), **{f"{k}": v for k, v in held_after.items()},
+                     "before": held_before, "ln2": math.log(2.0)},
         "policy_from": ctx.relative(src / "reasoner"), "reference": ctx.relative(src / "reasoner"),
         "frozen_unchanged": checks,
     }
     ctx.finish(4, save, info, round_)
+    held_txt = (f"; held-out {len(held)} pairs: loss {held_after['loss']:.3f} (ln 2 = 0.693), reward accuracy "
+                f"{held_after['reward_accuracy']:.2f}" if held else "")
     ctx.log(f"stage 4 dpo (round {round_}): {len(pairs)} pairs (of {available} over the margin), loss "
-            f"{info['final_loss']:.3f}, reward accuracy {info['final_reward_accuracy']:.2f}, {seconds:.0f} s")
+            f"{info['final_loss']:.3f}, reward accuracy {info['final_reward_accuracy']:.2f}{held_txt}, {seconds:.0f} s")
+
+
+@torch.no_grad()
+def _dpo_eval(policy: Reasoner, reference: Reasoner, pairs: list, beta: float) -> dict[str, float]:
+    """DPO loss and reward accuracy of ``policy`` against ``reference`` on ``pairs`` (no training)."""
+    if not pairs:
+        return {}
+    tok, prompts = policy.tokenizer, [p.prompt for p in pairs]
+    args = dict(batch_size=64)
+    pc = rga.batched_sequence_logprobs(policy, tok, prompts, [p.chosen for p in pairs], **args)
+    pr = rga.batched_sequence_logprobs(policy, tok, prompts, [p.rejected for p in pairs], **args)
+    if policy is reference:
+        rc, rr = pc, pr
+    else:
+        rc = rga.batched_sequence_logprobs(reference, tok, prompts, [p.chosen for p in pairs], **args)
+        rr = rga.batched_sequence_logprobs(reference, tok, prompts, [p.rejected for p in pairs], **args)
+    loss, stats = rga.dpo_loss(pc.float(), pr.float(), rc.float(), rr.float(), beta=beta)
+    return {"loss": stats["loss"], "reward_accuracy": stats["reward_accuracy"], "reward_margin": stats["reward_margin"]}
 
 
 # ---- stage 5: RG-CL ------------------------------------------------------------------------------
@@ -429,11 +477,15 @@ def stage_calibrate(ctx: Context, round_: int) -> None:
     q = compute_latents(ctx, reasoner, ["train", "valid"], rows)
     latent_seconds = time.perf_counter() - t0
 
-    def refit(query: dict[str, torch.Tensor], text_emb: torch.Tensor, label: str) -> tuple[QERanker, Any]:
+    def refit(query: dict[str, torch.Tensor], text_emb: torch.Tensor, label: str,
+              intent_latent: torch.Tensor) -> tuple[QERanker, Any]:
         model = QERanker.load(prev_dir)  # warm start; the KL term keeps it near the previous ranker
+        model.intent_ids.freeze_bias()  # the popularity offset stays as stage 2 set it
         model.set_intent_text_emb(text_emb)
+        model.set_intent_latents(intent_latent)
         res = loops.train_ranker(
             model, qe_forward, train, ctx.splits["valid"], epochs=c.epochs, batch_size=c.batch_size,
+            patience=c.patience, min_check_steps=c.min_check_steps,
             lr=c.lr, weight_decay=c.weight_decay, alpha_bce=c.alpha_bce, seed=seed, dist=ctx.dist,
             train_query=query["train"], valid_query=query["valid"], previous=previous, beta_kl=c.beta_kl,
             description=label, quiet=ctx.quiet,
@@ -444,14 +496,17 @@ def stage_calibrate(ctx: Context, round_: int) -> None:
     # reasoners (stages 5, 4, 3), for the evaluation at the end of the run
     this_round = [reasoner_dir] + [_previous_stage(ctx, i, round_) / "reasoner" for i in (4, 3)]
     with prefetch_test_latents(ctx, this_round):
-        model, res = refit(q, reasoner.encode_texts(ctx.encoders.intent_texts), f"6 calibrate (round {round_})")
+        kb = list(ctx.encoders.intent_texts)
+        model, res = refit(q, reasoner.encode_texts(kb), f"6 calibrate (round {round_})",
+                           reasoner.encode_prompts(kb, batch_size=ctx.config.infer_batch))
         valid = ranker_metrics(model, ctx.splits["valid"], q["valid"], k=ctx.config.eval_k) if ctx.dist.is_main else {}
         control = control_res = None
         control_valid: dict[str, float] = {}
         if c.control:
             # the same re-fit on the previous reasoner's latents: what the extra ranker training alone buys
             q_prev = load_latents(ctx, prev_dir.parent, prev_reasoner_dir, rows)
-            control, control_res = refit(q_prev, previous.intent_text_emb.clone(), f"6 control re-fit (round {round_})")
+            control, control_res = refit(q_prev, previous.intent_text_emb.clone(), f"6 control re-fit (round {round_})",
+                                         previous.intent_latent.clone())
             if ctx.dist.is_main:
                 control_valid = ranker_metrics(control, ctx.splits["valid"], q_prev["valid"], k=ctx.config.eval_k)
     checks = frozen.check("stage 6")
@@ -466,6 +521,7 @@ def stage_calibrate(ctx: Context, round_: int) -> None:
     info = {
         "seconds": time.perf_counter() - t0, "ranker_seconds": res.seconds, "latent_seconds": latent_seconds,
         "impressions_per_s": res.impressions_per_s, "best_epoch": res.best_epoch, "beta_kl": c.beta_kl,
+        **ranker_fit_info(res),
         "requests": len(train),
         "valid": valid, "reasoner": ctx.relative(reasoner_dir), "previous_ranker": ctx.relative(prev_dir),
         "frozen_unchanged": checks,

@@ -48,6 +48,7 @@ class Context:
     # test-split latent queries by reasoner folder, computed ahead for the run's evaluation
     # (see `prefetch_test_latents`); a finished stage's reasoner never changes, so they stay valid
     test_latents: dict[Path, torch.Tensor] = field(default_factory=dict)
+    prompt_budget: Any = None  # rgalign.training.prompt_budget.PromptBudget, set by `trainer.prepare`
 
     def prompts(self, split: str) -> list[str]:
         cache = self.__dict__.setdefault("_prompts", {})
@@ -82,7 +83,9 @@ def reasoner_config(ctx: Context) -> ReasonerConfig:
     r = ctx.config.reasoner
     return ReasonerConfig(
         backbone=r.backbone, vocab_size=r.vocab_size, hidden=r.hidden, layers=r.layers, heads=r.heads,
-        kv_heads=r.kv_heads, intermediate=r.intermediate, max_len=r.max_len, d_query=r.d_query,
+        kv_heads=r.kv_heads, intermediate=r.intermediate, d_query=r.d_query,
+        # the data's prompt budget (at most r.max_len), see rgalign.training.prompt_budget
+        max_len=ctx.prompt_budget.max_len if ctx.prompt_budget is not None else r.max_len,
         seed=ctx.config.seed,
     )
 
@@ -208,3 +211,25 @@ def require_reasoner(ctx: Context, stage: int) -> Path:
     if d is None:
         raise TrainError(f"{ctx.run.root}: stage {stage} needs the warm-up reasoner; run stage 1 first (--stages 0-{stage})")
     return d
+
+
+def init_intent_prior(ctx: Context, model: torch.nn.Module) -> None:
+    """Tell a new ranker which intents the training split shows (the others score as cold, see
+    `rgalign.models.layers.IntentIds`) and start its intent biases at item popularity: the
+    logit of each intent's smoothed training like rate."""
+    from rgalign.training.evaluate import popularity_scores
+
+    tr = ctx.splits["train"]
+    n = ctx.encoders.num_intents
+    shows = np.bincount(tr.shown[tr.mask], minlength=n)
+    model.intent_ids.set_known(torch.from_numpy((shows > 0).astype(np.float32)))
+    model.intent_ids.init_bias(torch.from_numpy(popularity_scores(tr, n)), float(tr.labels[tr.mask].mean()))
+    model.intent_ids.freeze_bias()
+    with torch.no_grad():
+        model.gate.zero_()  # starts as item popularity exactly (see the models' `gate`)
+
+
+def ranker_fit_info(res: Any) -> dict[str, Any]:
+    """What stage.json records of a ranker's early-stopped training (`loops.RankerResult`)."""
+    return {"checks": res.checks, "steps": res.steps, "stopped_early": res.stopped_early,
+            "best_valid_gauc": res.best_valid_gauc}

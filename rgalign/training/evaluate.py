@@ -15,7 +15,6 @@ from rgalign.training.distributed import DistInfo, all_gather_rows, shard
 from rgalign.training.loops import EVAL_BATCH, slate_logits, torch_threads
 
 
-
 def baseline_forward(model: nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
     """Logits (B, S) of the AutoInt+MoE baseline over the shown slate."""
     return model(b["cat"], b["num"], b["shown"])
@@ -41,24 +40,65 @@ def all_logits(model: nn.Module, arrays: RequestArrays, query: torch.Tensor | No
     return np.concatenate(out)
 
 
-def ranker_metrics(model: nn.Module, arrays: RequestArrays, query: torch.Tensor | None = None, k: int = 3) -> dict[str, float]:
-    """AUC, GAUC, logloss, error_rate on the shown impressions and Recall/NDCG/HitRate@k over all
-    KB intents (relevant = clicked), for one split."""
-    forward = qe_forward if query is not None else baseline_forward
-    with torch_threads(1):
-        shown_logits = slate_logits(model, forward, arrays, query)
-        scores_all = all_logits(model, arrays, query)
+def cohort_masks(arrays: RequestArrays, train: RequestArrays) -> dict[str, np.ndarray]:
+    """(R, S) masks of ``arrays``' impressions by whether the training split knows their intent
+    (shown at least once) and their user (at least one request): the cold-start cohorts the
+    evaluation reports GAUC on."""
+    seen_intent = np.zeros(int(max(arrays.shown.max(), train.shown.max())) + 1, dtype=bool)
+    seen_intent[train.shown[train.mask]] = True
+    intent_seen = seen_intent[np.maximum(arrays.shown, 0)] & arrays.mask
+    user_seen = np.isin(arrays.user_ids.astype(str), train.user_ids.astype(str))[:, None] & arrays.mask
+    return {"seen_intents": intent_seen, "cold_intents": arrays.mask & ~intent_seen,
+            "seen_users": user_seen, "cold_users": arrays.mask & ~user_seen}
+
+
+def metrics_from_scores(arrays: RequestArrays, shown_logits: np.ndarray, scores_all: np.ndarray, k: int = 3,
+                        cohorts: dict[str, np.ndarray] | None = None, probs: np.ndarray | None = None) -> dict[str, float]:
+    """SPEC §4 metrics of one split from (R, S) shown-slate logits and (R, N) all-intent scores;
+    with ``cohorts`` (see `cohort_masks`) also GAUC per cohort. ``probs`` (R, S), when given,
+    are the click probabilities (else the sigmoid of the logits)."""
     m = arrays.mask
     R, S = m.shape
     labels = arrays.labels[m]
-    probs = 1.0 / (1.0 + np.exp(-shown_logits[m].astype(np.float64)))
+    if probs is None:
+        probs = 1.0 / (1.0 + np.exp(-shown_logits.astype(np.float64)))
+    probs = probs[m]
     groups = np.broadcast_to(arrays.groups[:, None], (R, S))[m]
     request_rows = np.broadcast_to(np.arange(R)[:, None], (R, S))[m]
     relevant = np.zeros(scores_all.shape, dtype=bool)
     clicked = m & (arrays.labels > 0)
     rows, cols = np.nonzero(clicked)
     relevant[rows, arrays.shown[rows, cols]] = True
-    return metrics.compute_all(labels, probs, groups, request_rows, scores_all, relevant, k=k)
+    out = metrics.compute_all(labels, probs, groups, request_rows, scores_all, relevant, k=k)
+    if cohorts:
+        out.update(metrics.cohort_gauc(labels, probs, groups, {name: c[m] for name, c in cohorts.items()}))
+    return out
+
+
+def ranker_metrics(model: nn.Module, arrays: RequestArrays, query: torch.Tensor | None = None, k: int = 3,
+                   cohorts: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+    """AUC, GAUC, logloss, error_rate on the shown impressions and Recall/NDCG/HitRate@k over all
+    KB intents (relevant = clicked), for one split; GAUC per cohort when ``cohorts`` are given."""
+    forward = qe_forward if query is not None else baseline_forward
+    with torch_threads(1):
+        shown_logits = slate_logits(model, forward, arrays, query)
+        scores_all = all_logits(model, arrays, query)
+    return metrics_from_scores(arrays, shown_logits, scores_all, k, cohorts)
+
+
+def popularity_scores(train: RequestArrays, n_intents: int) -> np.ndarray:
+    """(N,) smoothed like rate of each intent over the training requests (`metrics.smoothed_like_rate`)."""
+    return metrics.smoothed_like_rate(train.shown[train.mask], train.labels[train.mask], n_intents)
+
+
+def popularity_metrics(train: RequestArrays, arrays: RequestArrays, n_intents: int, k: int = 3,
+                       cohorts: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+    """The item-popularity reference scored like a model: every request ranks intents by their
+    smoothed training like rate (a probability, so logloss is meaningful too)."""
+    pop = popularity_scores(train, n_intents)
+    shown = pop[np.maximum(arrays.shown, 0)]
+    scores_all = np.broadcast_to(pop[None, :], (len(arrays), n_intents))
+    return metrics_from_scores(arrays, shown, scores_all, k, cohorts, probs=shown)
 
 
 def prompts_of(arrays: RequestArrays, fields: PromptFields) -> list[str]:

@@ -89,7 +89,7 @@ class LossLog:
     def to_csv(self) -> str:
         if not self.rows:
             return ""
-        keys = list(self.rows[0])
+        keys = list(dict.fromkeys(k for r in self.rows for k in r))  # e.g. valid_gauc: on check rows only
         lines = [",".join(keys)] + [",".join(f"{r.get(k, float('nan')):.6g}" for k in keys) for r in self.rows]
         return "\n".join(lines) + "\n"
 
@@ -131,11 +131,38 @@ def slate_logits(model: nn.Module, forward, arrays: RequestArrays, query: torch.
 
 @dataclass(frozen=True)
 class RankerResult:
-    best_epoch: int
+    best_epoch: int  # the check whose weights were kept (0: the starting weights); see `train_ranker`
     best_valid_gauc: float
     seconds: float
     impressions_per_s: float
     log: LossLog
+    checks: int = 0  # valid-GAUC checks made after training steps
+    stopped_early: bool = False
+    steps: int = 0
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """How long a ranker trains: until its valid GAUC stops improving, not a fixed count.
+
+    The valid GAUC is checked every epoch, or every ``min_check_steps`` steps where an epoch is
+    shorter (a small log's epoch can be a handful of steps, too few to tell a trend from noise).
+    A check that does not beat the best so far sends training back to the best weights at half
+    the learning rate; ``patience`` such checks in a row stop training;
+    ``max_epochs`` bounds it. The best check's weights are restored,
+    including the starting weights (check 0), so a ranker never ends below where it started.
+    """
+
+    max_epochs: int
+    patience: int = 3
+    min_check_steps: int = 25
+    warmup_fraction: float = 0.5  # of the first check interval: linear warm-up of the rate
+
+    def check_steps(self, steps_per_epoch: int) -> int:
+        return max(steps_per_epoch, self.min_check_steps)
+
+    def max_steps(self, steps_per_epoch: int) -> int:
+        return max(self.max_epochs * steps_per_epoch, self.check_steps(steps_per_epoch))
 
 
 def train_ranker(
@@ -157,37 +184,56 @@ def train_ranker(
     beta_kl: float = 0.0,
     description: str = "ranker",
     quiet: bool = False,
+    patience: int = 3,
+    min_check_steps: int = 25,
 ) -> RankerResult:
-    """ListNet + BCE (+ KL to ``previous``) over each request's slate; the epoch with the best
-    valid GAUC is kept (its weights are loaded back into ``model``)."""
+    """ListNet + BCE (+ KL to ``previous``) over each request's slate, early-stopped on the valid
+    GAUC (see `EarlyStopping`; ``epochs`` is the most it may train); the best check's weights are
+    loaded back into ``model``."""
+    stop = EarlyStopping(max_epochs=epochs, patience=patience, min_check_steps=min_check_steps)
     with torch_threads(1):
-        return _train_ranker(model, forward, train, valid, epochs=epochs, batch_size=batch_size, lr=lr,
+        return _train_ranker(model, forward, train, valid, stop=stop, batch_size=batch_size, lr=lr,
                              weight_decay=weight_decay, alpha_bce=alpha_bce, seed=seed, dist=dist,
                              train_query=train_query, valid_query=valid_query, previous=previous,
                              beta_kl=beta_kl, description=description, quiet=quiet)
 
 
-def _train_ranker(model, forward, train, valid, *, epochs, batch_size, lr, weight_decay, alpha_bce, seed, dist,
+def _train_ranker(model, forward, train, valid, *, stop, batch_size, lr, weight_decay, alpha_bce, seed, dist,
                   train_query, valid_query, previous, beta_kl, description, quiet) -> RankerResult:
     ddp_model = _wrap(model, dist)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     rng = np.random.default_rng(seed)
     steps_per_epoch = math.ceil(math.ceil(len(train) / dist.world_size) / batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, epochs * steps_per_epoch), pct_start=0.1)
+    check_every = stop.check_steps(steps_per_epoch)
+    max_steps = stop.max_steps(steps_per_epoch)
+    warmup = max(1, int(stop.warmup_fraction * check_every))
+    scale = 1.0  # halved at every check without improvement
+
+    def set_lr(step: int) -> None:
+        for g in opt.param_groups:
+            g["lr"] = lr * scale * min(1.0, (step + 1) / warmup)
+
+    def valid_gauc() -> float:
+        logits = slate_logits(model, forward, valid, valid_query)
+        return all_reduce_mean(_slate_gauc(valid, logits, metrics), dist)
+
     log = LossLog()
-    best = (-1, -math.inf, copy.deepcopy(model.state_dict()))
-    n_impressions = 0
+    best = (0, valid_gauc(), copy.deepcopy(model.state_dict()))
+    n_impressions = step = checks = bad = 0
+    stopped = False
     t0 = time.perf_counter()
     with progress(disable=quiet or not dist.is_main) as bar:
-        task = bar.add_task(description, total=epochs * steps_per_epoch, info="")
-        for epoch in range(epochs):
+        task = bar.add_task(description, total=max_steps, info="")
+        epoch = 0
+        while step < max_steps and not stopped:
             model.train()
             order = shard(rng.permutation(len(train)), dist)
-            for step in range(steps_per_epoch):
-                idx = order[step * batch_size : (step + 1) * batch_size]
+            for i in range(steps_per_epoch):
+                idx = order[i * batch_size : (i + 1) * batch_size]
                 if len(idx) == 0:
                     idx = order[:batch_size]  # keeps step counts equal across ranks
                 b = slate_batch(train, idx, train_query)
+                set_lr(step)
                 logits = forward(ddp_model, b)
                 prev = None
                 if previous is not None:
@@ -198,20 +244,39 @@ def _train_ranker(model, forward, train, valid, *, epochs, batch_size, lr, weigh
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
                 opt.step()
-                sched.step()
+                step += 1
                 n_impressions += int(b["mask"].sum())
                 log.add(epoch=epoch, step=len(log.rows), **parts)
                 speed = n_impressions * dist.world_size / max(time.perf_counter() - t0, 1e-9)
                 bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {parts['total']:.4f} {speed:,.0f} imp/s")
-            logits = slate_logits(model, forward, valid, valid_query)
-            gauc = all_reduce_mean(_slate_gauc(valid, logits, metrics), dist)
-            log.rows[-1]["valid_gauc"] = gauc
-            if gauc > best[1]:
-                best = (epoch, gauc, copy.deepcopy(model.state_dict()))
+                if step % check_every == 0 or step == max_steps:
+                    checks += 1
+                    gauc = valid_gauc()
+                    log.rows[-1]["valid_gauc"] = gauc
+                    model.train()
+                    if gauc > best[1]:
+                        best, bad = (checks, gauc, copy.deepcopy(model.state_dict())), 0
+                    else:
+                        bad += 1
+                        if bad >= stop.patience:
+                            stopped = True
+                            break
+                        # backtrack: from the best weights again, at half the rate (a rate too
+                        # high for this data overshoots the prior the ranker starts from; it is
+                        # the rate that adapts, not a schedule fixed in advance). The optimizer's
+                        # moments are kept: fresh ones make Adam's first steps lr-sized in every
+                        # weight, a jump that undid what the lower rate was to refine
+                        scale *= 0.5
+                        model.load_state_dict(best[2])
+                if step >= max_steps:
+                    break
+            epoch += 1
+        bar.update(task, completed=max_steps)
     model.load_state_dict(best[2])
     model.eval()
     seconds = time.perf_counter() - t0
-    return RankerResult(best[0], float(best[1]), seconds, n_impressions * dist.world_size / seconds, log)
+    return RankerResult(best[0], float(best[1]), seconds, n_impressions * dist.world_size / max(seconds, 1e-9), log,
+                        checks=checks, stopped_early=stopped, steps=step)
 
 
 def _slate_gauc(arrays: RequestArrays, logits: np.ndarray, metrics) -> float:

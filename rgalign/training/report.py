@@ -59,16 +59,24 @@ def ablation_markdown(metrics: dict[str, Any], title: str = "") -> str:
     test = metrics.get("test", {})
     if not test:
         raise TrainError("metrics.json has no test metrics: no ranker has finished training yet")
-    keys = _metric_order(list(next(iter(test.values()))))
+    keys = [k for k in _metric_order(list(next(iter(test.values())))) if not k.startswith("share_")]
     lines = [f"# {title}".rstrip() if title else "# RGAlign-Rec ablation", "",
              "Test split. Relative deltas are against the baseline; for logloss and error_rate lower is better.", "",
              "| model | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
     rel = metrics.get("relative_to_baseline", {})
+    pop = metrics.get("popularity")
+    if pop:
+        lines.append("| *item popularity (reference)* | " + " | ".join(_fmt(pop.get(k)) for k in keys) + " |")
     for name in sorted(test, key=lambda m: list(MODEL_LABELS).index(m) if m in MODEL_LABELS else 99):
         m = test[name]
-        lines.append(f"| {MODEL_LABELS.get(name, name)} | " + " | ".join(_fmt(m[k]) for k in keys) + " |")
+        lines.append(f"| {MODEL_LABELS.get(name, name)} | " + " | ".join(_fmt(m.get(k)) for k in keys) + " |")
         if name in rel:
-            lines.append("| &nbsp;&nbsp;vs baseline | " + " | ".join(f"{100 * rel[name][k]:+.2f}%" for k in keys) + " |")
+            lines.append("| &nbsp;&nbsp;vs baseline | " + " | ".join(f"{100 * rel[name].get(k, math.nan):+.2f}%"
+                                                                     for k in keys) + " |")
+    shares = {k[len("share_"):]: v for k, v in next(iter(test.values())).items() if k.startswith("share_")}
+    if shares:
+        lines += ["", "Test impressions by cohort (gauc_<cohort> above; seen = in the training split): "
+                  + ", ".join(f"{k.replace('_', ' ')} {100 * v:.1f}%" for k, v in shares.items()) + "."]
     per_stage = metrics.get("per_stage", {})
     if per_stage:
         stages = metrics.get("stages", {})
@@ -79,7 +87,7 @@ def ablation_markdown(metrics: dict[str, Any], title: str = "") -> str:
         for label in _stage_order(list(per_stage)):
             m = per_stage[label]
             secs = stages.get(label, {}).get("seconds")
-            lines.append(f"| {label} | " + " | ".join(_fmt(m[k]) for k in keys) + f" | {_fmt_secs(secs)} |")
+            lines.append(f"| {label} | " + " | ".join(_fmt(m.get(k)) for k in keys) + f" | {_fmt_secs(secs)} |")
     return "\n".join(lines) + "\n"
 
 

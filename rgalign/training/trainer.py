@@ -34,11 +34,14 @@ from rgalign.training import loops
 from rgalign.training.alignment import RGA_STAGES
 from rgalign.training.config import TrainConfig
 from rgalign.training.distributed import DistInfo, barrier, init_distributed
-from rgalign.training.evaluate import baseline_forward, qe_forward, ranker_metrics
+from rgalign.training.evaluate import (
+    baseline_forward, cohort_masks, popularity_metrics, qe_forward, ranker_metrics,
+)
 from rgalign.training.context import (
-    Context, Log, compute_latents, prefetch_test_latents, qe_config, ranker_kwargs, reasoner_config, require_reasoner,
+    Context, Log, compute_latents, init_intent_prior, ranker_fit_info, prefetch_test_latents, qe_config, ranker_kwargs, reasoner_config, require_reasoner,
     save_latents, test_latents,
 )
+from rgalign.training.prompt_budget import PromptBudget, make_budget
 from rgalign.artifacts.run import STAGE_NAMES, RunDir, fingerprint_files
 
 
@@ -67,9 +70,10 @@ def _baseline_config(ctx: Context) -> BaselineConfig:
 def stage_baseline(ctx: Context) -> None:
     c = ctx.config.baseline
     model = AutoIntMoE(_baseline_config(ctx))
+    init_intent_prior(ctx, model)
     res = loops.train_ranker(
         model, baseline_forward, ctx.splits["train"], ctx.splits["valid"], epochs=c.epochs,
-        batch_size=c.batch_size, lr=c.lr, weight_decay=c.weight_decay, alpha_bce=c.alpha_bce,
+        patience=c.patience, min_check_steps=c.min_check_steps, batch_size=c.batch_size, lr=c.lr, weight_decay=c.weight_decay, alpha_bce=c.alpha_bce,
         seed=ctx.config.seed, dist=ctx.dist, description="0 baseline", quiet=ctx.quiet,
     )
     valid = ranker_metrics(model, ctx.splits["valid"], k=ctx.config.eval_k) if ctx.dist.is_main else {}
@@ -79,7 +83,7 @@ def stage_baseline(ctx: Context) -> None:
         write_text_atomic(d / "losses.csv", res.log.to_csv())
 
     ctx.finish(0, save, {"seconds": res.seconds, "impressions_per_s": res.impressions_per_s,
-                         "best_epoch": res.best_epoch, "valid": valid})
+                         "best_epoch": res.best_epoch, **ranker_fit_info(res), "valid": valid})
     ctx.log(f"stage 0 baseline: valid GAUC {valid.get('gauc', float('nan')):.4f}, {res.seconds:.0f} s, "
             f"{res.impressions_per_s:,.0f} impressions/s")
 
@@ -117,7 +121,7 @@ def stage_warmup(ctx: Context) -> None:
         reasoner.save(d / "reasoner")
         write_text_atomic(d / "losses.csv", res.log.to_csv())
 
-    ctx.finish(1, save, {"seconds": res.seconds, "examples": len(prompts), "examples_per_s": res.examples_per_s,
+    ctx.finish(1, save, {"prompt_budget": ctx.prompt_budget.to_dict(), "seconds": res.seconds, "examples": len(prompts), "examples_per_s": res.examples_per_s,
                          "tokens_per_s": res.tokens_per_s, "final_lm_loss": res.final_loss})
     ctx.log(f"stage 1 warm-up: {len(prompts)} examples, final LM loss {res.final_loss:.3f}, {res.seconds:.0f} s, "
             f"{res.examples_per_s:.1f} examples/s")
@@ -137,9 +141,12 @@ def stage_reward(ctx: Context) -> None:
     latent_seconds = time.perf_counter() - t0
     model = QERanker(qe_config(ctx, reasoner))
     model.set_intent_text_emb(reasoner.encode_texts(ctx.encoders.intent_texts))
+    model.set_intent_latents(reasoner.encode_prompts(list(ctx.encoders.intent_texts), batch_size=ctx.config.infer_batch))
+    init_intent_prior(ctx, model)
     with prefetch_test_latents(ctx, [reasoner_dir]):
         res = loops.train_ranker(
             model, qe_forward, ctx.splits["train"], ctx.splits["valid"], epochs=c.epochs, batch_size=c.batch_size,
+            patience=c.patience, min_check_steps=c.min_check_steps,
             lr=c.lr, weight_decay=c.weight_decay, alpha_bce=c.alpha_bce, seed=ctx.config.seed, dist=ctx.dist,
             train_query=q["train"], valid_query=q["valid"], description="2 QE reward ranker", quiet=ctx.quiet,
         )
@@ -151,9 +158,9 @@ def stage_reward(ctx: Context) -> None:
         write_text_atomic(d / "losses.csv", res.log.to_csv())
 
     ctx.finish(2, save, {
-        "seconds": res.seconds + latent_seconds, "ranker_seconds": res.seconds, "latent_seconds": latent_seconds,
-        "impressions_per_s": res.impressions_per_s, "best_epoch": res.best_epoch, "valid": valid,
-        "reasoner": str(reasoner_dir.relative_to(ctx.run.root)),
+        "prompt_budget": ctx.prompt_budget.to_dict(), "seconds": res.seconds + latent_seconds, "ranker_seconds": res.seconds, "latent_seconds": latent_seconds,
+        "impressions_per_s": res.impressions_per_s, "best_epoch": res.best_epoch, **ranker_fit_info(res),
+        "valid": valid, "reasoner": str(reasoner_dir.relative_to(ctx.run.root)),
     })
     ctx.log(f"stage 2 reward: valid GAUC {valid.get('gauc', float('nan')):.4f}, latents {latent_seconds:.0f} s, "
             f"ranker {res.seconds:.0f} s, {res.impressions_per_s:,.0f} impressions/s")
@@ -194,12 +201,40 @@ def prepare(data: str | Path, out: str | Path, config: TrainConfig, dist: DistIn
         encoders = FeatureEncoders.fit(dataset)
         if dist.is_main:
             encoders.to_json(run.encoders_json)
-            write_json_atomic(run.root / "prompt_fields.json", fields.to_dict())
     splits = {s: build_requests(dataset, encoders, s) for s in ("train", "valid", "test")}
     ctx = Context(run, config, dataset, encoders, fields, None, splits, dist, log, quiet)
     ctx.tokenizer = _tokenizer(ctx)
+    _prompt_budget(ctx)
     barrier(dist)
     return ctx
+
+
+def _prompt_budget(ctx: Context) -> None:
+    """Fit the prompt budget (`rgalign.training.prompt_budget`) on the training prompts, once per
+    run (``RUN/prompt_budget.json``; ``RUN/prompt_fields.json`` carries the text caps, for
+    serving); from then on ``ctx.prompts`` are the budgeted prompts."""
+    path = ctx.run.root / "prompt_budget.json"
+    fields_path = ctx.run.root / "prompt_fields.json"
+    if path.is_file() and fields_path.is_file():
+        budget = PromptBudget.from_dict(read_json(path))
+        fields = PromptFields.from_dict(read_json(fields_path))
+    else:
+        raw = {s: ctx.splits[s].raw for s in ("train", "valid", "test")}
+        budget, fields = make_budget(ctx.tokenizer, raw, ctx.fields, ctx.config.reasoner.max_len)
+        if ctx.dist.is_main:
+            write_json_atomic(fields_path, fields.to_dict())
+            write_json_atomic(path, budget.to_dict())
+    ctx.fields, ctx.prompt_budget = fields, budget
+    ctx.__dict__.pop("_prompts", None)  # prompts built before the budget (the tokenizer's corpus)
+    if ctx.tokenizer.model_max_length != budget.max_len:
+        ctx.tokenizer.model_max_length = budget.max_len
+        if ctx.dist.is_main:
+            ctx.tokenizer.save_pretrained(str(ctx.run.tokenizer_dir))
+    if budget.text_max_chars:
+        ctx.log(f"prompt budget {budget.max_len} tokens (training prompts: p99 {budget.raw_length_percentiles.get('p99', 0):.0f}, "
+                f"max {budget.raw_length_percentiles.get('max', 0):.0f}); free text capped at "
+                + ", ".join(f"{n} {c} chars" for n, c in budget.text_max_chars.items())
+                + f", oldest part first: {budget.cut.get('train', 0):,} of {budget.prompts.get('train', 0):,} training prompts cut")
 
 
 def _tokenizer(ctx: Context):
@@ -291,18 +326,21 @@ def _stage_models(run: RunDir, index: int, round_: int) -> tuple[Path, Path] | N
 def evaluate_run(ctx: Context) -> dict[str, Any]:
     """Test metrics of every finished model of the run -> ``RUN/metrics.json`` (the ablation):
     ``test`` holds baseline, qe (stage 2), qe_rga (the last calibrate stage) and qe_refit (that
-    stage's control: the same ranker re-fit on the unaligned latents); ``per_stage`` every finished
-    stage, in training order."""
+    stage's control: the same ranker re-fit on the unaligned latents); ``popularity`` the item
+    popularity reference on the same split; ``per_stage`` every finished stage, in training order.
+    Every row carries GAUC per cohort (seen/cold intents and users, see `cohort_masks`)."""
     k = ctx.config.eval_k
     test = ctx.splits["test"]
+    cohorts = cohort_masks(test, ctx.splits["train"])
 
     def qe_metrics(reasoner_dir: Path, ranker_dir: Path) -> dict[str, float]:
-        return ranker_metrics(QERanker.load(ranker_dir), test, test_latents(ctx, reasoner_dir), k=k)
+        return ranker_metrics(QERanker.load(ranker_dir), test, test_latents(ctx, reasoner_dir), k=k, cohorts=cohorts)
 
     per_stage: dict[str, dict[str, float]] = {}
     for index, round_ in _finished_stages(ctx.run):
         if index == 0:
-            per_stage[stage_label(0, 0)] = ranker_metrics(AutoIntMoE.load(ctx.run.stage_dir(0) / "ranker"), test, k=k)
+            per_stage[stage_label(0, 0)] = ranker_metrics(AutoIntMoE.load(ctx.run.stage_dir(0) / "ranker"), test, k=k,
+                                                          cohorts=cohorts)
         elif (pair := _stage_models(ctx.run, index, round_)) is not None:
             per_stage[stage_label(index, round_)] = qe_metrics(*pair)
     per_model: dict[str, dict[str, float]] = {}
@@ -322,6 +360,8 @@ def evaluate_run(ctx: Context) -> dict[str, Any]:
         base = per_model["baseline"]
         out["relative_to_baseline"] = {m: relative_deltas(v, base) for m, v in per_model.items() if m != "baseline"}
         out["absolute_to_baseline"] = {m: abs_deltas(v, base) for m, v in per_model.items() if m != "baseline"}
+    # the reference every recommender reports: rank by the intents' smoothed training like rate
+    out["popularity"] = popularity_metrics(ctx.splits["train"], test, ctx.encoders.num_intents, k=k, cohorts=cohorts)
     out["per_stage"] = per_stage
     out["stages"] = {
         stage_label(i, r): {k2: v for k2, v in ctx.run.stage_info(i, r).items() if k2 not in ("stage", "name")}

@@ -62,7 +62,7 @@ def test_two_rounds_write_every_stage_and_the_ablation(rga_run):
             assert run.stage_info(i, r)["round"] == r
     assert set(result["test"]) == {"baseline", "qe", "qe_rga", "qe_refit"}
     for m in result["test"].values():
-        assert set(m) == METRICS
+        assert METRICS <= set(m)  # and GAUC per seen/cold cohort
     assert set(result["relative_to_baseline"]) == {"qe", "qe_rga", "qe_refit"}
     assert set(result["per_stage"]) == {"0-baseline", "2-reward", *ROUND0, *ROUND1}
     # qe_rga is the last round's calibrated ranker, and final_models deploys that pair
@@ -71,7 +71,7 @@ def test_two_rounds_write_every_stage_and_the_ablation(rga_run):
     assert reasoner_dir == run.stage_dir(5, 1) / "reasoner"
     assert ranker_dir == run.stage_dir(6, 1) / "ranker"
     on_disk = json.loads((out / "metrics.json").read_text())
-    assert on_disk["test"]["qe_rga"] == pytest.approx(result["test"]["qe_rga"])
+    assert on_disk["test"]["qe_rga"] == pytest.approx(result["test"]["qe_rga"], nan_ok=True)
 
 
 def test_each_round_starts_from_the_previous_one(rga_run):
@@ -168,7 +168,10 @@ def test_best_of_n_on_disk_is_the_reward_argmax(rga_run):
         assert p["best"] == max(range(len(p["rewards"])), key=lambda j: (p["rewards"][j], -j))
         assert p["rewards"][p["worst"]] == min(p["rewards"])
     info = run.stage_info(3)
-    assert info["reward"]["best_mean"] >= info["reward"]["candidates_mean"] >= info["reward"]["worst_mean"]
+    # (a reward model that kept its popularity start ties every candidate: equal up to rounding)
+    eps = 1e-6
+    assert info["reward"]["best_mean"] >= info["reward"]["candidates_mean"] - eps
+    assert info["reward"]["candidates_mean"] >= info["reward"]["worst_mean"] - eps
 
 
 def test_rg_cl_moves_latents_towards_the_clicked_intents(rga_run):
@@ -187,7 +190,7 @@ def test_resume_skips_finished_rounds_and_a_third_round_adds_only_itself(rga_run
     assert sum("finished earlier" in m for m in messages) == 8
 
 
-def test_dpo_without_any_pair_over_the_margin_fails_and_writes_nothing(rga_run, data, tmp_path):
+def test_dpo_without_any_pair_over_the_margin_is_skipped_with_its_reason(rga_run, data, tmp_path):
     out, _, _ = rga_run
     import shutil
 
@@ -199,10 +202,14 @@ def test_dpo_without_any_pair_over_the_margin_fails_and_writes_nothing(rga_run, 
     run_json = json.loads((copy / "run.json").read_text())
     run_json["config"] = TrainConfig.from_dict(strict).to_dict()
     (copy / "run.json").write_text(json.dumps(run_json))
-    with pytest.raises(TrainError, match="min_margin"):
-        trainer.train(data, copy, TrainConfig.from_dict(strict), [4], log=lambda m: None, quiet=True)
-    assert not (copy / "stages" / "4-dpo").exists()
-    assert not list((copy / "stages").glob(".4-dpo*")), "no temporary folder left behind"
+    messages: list[str] = []
+    trainer.train(data, copy, TrainConfig.from_dict(strict), [4], log=messages.append, quiet=True)
+    info = RunDir(copy).stage_info(4)
+    assert info["pairs"] == 0 and "reward margin >= 1000000000.0" in info["skipped"]
+    assert any("skipped" in m for m in messages)
+    # the policy goes on as the RG-SFT reasoner left it
+    a, b = copy / "stages" / "4-dpo" / "reasoner", copy / "stages" / "3-rg-sft" / "reasoner"
+    assert _hashes(a) == _hashes(b)
 
 
 def test_stage_4_before_stage_3_is_a_clear_error(data, tmp_path):
@@ -229,8 +236,12 @@ def test_report_writes_the_table_charts_and_loss_curves(rga_run, tmp_path):
     for png in ("stages.png", "losses.png"):
         assert (tmp_path / "rep" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     curves = sorted(p.name for p in (tmp_path / "rep" / "losses").glob("*.csv"))
-    assert "4-dpo-r1.csv" in curves and "1-warmup.csv" in curves
-    assert "reward_accuracy" in (tmp_path / "rep" / "losses" / "4-dpo.csv").read_text().splitlines()[0]
+    assert "1-warmup.csv" in curves
+    # a DPO stage skipped for want of pairs over the margin (stage.json says why) has no curve
+    run = RunDir(out)
+    for label, r in (("4-dpo", 0), ("4-dpo-r1", 1)):
+        if "skipped" not in run.stage_info(4, r):
+            assert "reward_accuracy" in (tmp_path / "rep" / "losses" / f"{label}.csv").read_text().splitlines()[0]
 
 
 def test_report_of_a_folder_without_metrics_is_one_clear_line(tmp_path):

@@ -22,6 +22,7 @@ from rgalign.training.config import TrainConfig
 from rgalign.artifacts.run import RunDir, final_models
 
 METRICS = {"auc", "gauc", "logloss", "error_rate", "recall@3", "ndcg@3", "hitrate@3"}
+COHORTS = {f"{kind}_{c}" for kind in ("gauc", "share") for c in ("seen_intents", "cold_intents", "seen_users", "cold_users")}
 
 
 
@@ -48,9 +49,11 @@ def test_stages_write_checkpoints_metrics_and_provenance(tiny_run):
     on_disk = json.loads((out / "metrics.json").read_text())
     assert set(on_disk["test"]) == {"baseline", "qe"}
     for model in ("baseline", "qe"):
-        assert set(on_disk["test"][model]) == METRICS
+        assert set(on_disk["test"][model]) == METRICS | COHORTS
         assert 0.0 <= on_disk["test"][model]["auc"] <= 1.0
-    assert set(on_disk["relative_to_baseline"]["qe"]) == METRICS
+    assert set(on_disk["relative_to_baseline"]["qe"]) == METRICS | COHORTS
+    assert set(on_disk["popularity"]) == METRICS | COHORTS  # the item-popularity reference
+    assert (out / "prompt_budget.json").is_file()
     info = json.loads((out / "run.json").read_text())
     assert info["seed"] == 0 and "torch" in info["versions"] and "git_commit" in info
     assert info["config"]["reasoner"]["hidden"] == 64

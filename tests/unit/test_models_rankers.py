@@ -94,7 +94,7 @@ def test_seeded_init():
     assert torch.equal(state, torch.random.get_rng_state())  # global RNG untouched
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k])
-    assert not torch.equal(a.intent_emb.weight, c.intent_emb.weight)
+    assert not torch.equal(a.intent_ids.emb.weight, c.intent_ids.emb.weight)
 
 
 def test_save_load_round_trips(tmp_path, qe, inputs):
