@@ -12,11 +12,13 @@ from rgalign.errors import ConfigError, ExportError
 
 @dataclass(frozen=True)
 class Precision:
-    """A numeric precision of an exported graph. ``tensorrt``: TensorRT builds an engine of it."""
+    """A numeric precision of an exported graph. ``tensorrt``: TensorRT builds an engine of it;
+    ``default``: `rgalign export` builds it unless told which."""
 
     name: str
     tensorrt: bool
     about: str
+    default: bool = True
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,10 @@ PRECISION_REGISTRY: dict[str, Precision] = {
     for p in (
         Precision("fp32", False, "the exported graph (fused where the fusions pass the fp32 gate)"),
         Precision("fp16", True, "float16 weights and activations, made from the fp32 graph"),
-        Precision("int8", True, "the fastest int8 pair (dynamic or static QDQ) that passes the int8 gates"),
+        Precision("int8", True, "the fastest int8 pair (dynamic, static QDQ or weight-only) that passes the int8 gates"),
+        # asked for, not default: on an AVX2 CPU int4 buys memory, not speed (issue 15), and an
+        # untrained reasoner's int4 error exceeds the differences between prompts
+        Precision("int4", False, "weight-only int4 reasoner (MatMulNBits), fp32 ranker; int8's gates", default=False),
     )
 }
 BACKEND_REGISTRY: dict[str, Backend] = {
@@ -63,6 +68,7 @@ LAYOUT_REGISTRY: dict[str, Layout] = {
 }
 
 PRECISIONS: tuple[str, ...] = tuple(PRECISION_REGISTRY)  # canonical order: fp32 first
+DEFAULT_PRECISIONS: tuple[str, ...] = tuple(p.name for p in PRECISION_REGISTRY.values() if p.default)
 TRT_PRECISIONS: tuple[str, ...] = tuple(p.name for p in PRECISION_REGISTRY.values() if p.tensorrt)
 BACKENDS: tuple[str, ...] = tuple(BACKEND_REGISTRY)
 LAYOUTS: tuple[str, ...] = tuple(LAYOUT_REGISTRY)

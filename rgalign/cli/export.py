@@ -22,7 +22,9 @@ def export_cmd(
     out: Path = typer.Option(
         Path("export"), "--out", "-o", help="Export folder to write (replaced only if every gate passes)."
     ),
-    precision: str = typer.Option("fp32,fp16,int8", "--precision", help="Comma-separated: fp32, fp16, int8."),
+    precision: str = typer.Option(
+        "fp32,fp16,int8", "--precision", help="Comma-separated: fp32, fp16, int8, int4 (weight-only reasoner)."
+    ),
     tensorrt: bool = typer.Option(
         False, "--tensorrt", help="Also build TensorRT engines (needs a CUDA GPU and TensorRT)."
     ),
@@ -33,6 +35,13 @@ def export_cmd(
     no_fuse: bool = typer.Option(False, "--no-fuse", help="Skip onnxscript's ONNX Runtime fusions."),
     threads: int = typer.Option(
         0, "--threads", min=0, help="CPU threads for gates and latency (0: the runtime's default)."
+    ),
+    external_data_mb: float = typer.Option(
+        0, "--external-data-mb", min=0,
+        help="Write graphs whose weights pass this many MB with ONNX external data (0: protobuf's 2 GB limit).",
+    ),
+    int8_search_seconds: float = typer.Option(
+        900, "--int8-search-seconds", min=0, help="Time budget of the int8 search's sensitivity probes.",
     ),
 ) -> None:
     """Export a run to ONNX (fp32/fp16/int8) and TensorRT; every artifact is gated against PyTorch."""
@@ -63,6 +72,8 @@ def export_cmd(
         manifest = export_run(
             run, out, precisions=wanted, tensorrt=tensorrt, calibration=calibration, exporter=exporter,
             fuse=not no_fuse, threads=threads or None, progress=progress,
+            int8_search_seconds=int8_search_seconds,
+            **({"external_data_threshold": int(external_data_mb * 1e6)} if external_data_mb else {}),
         )
 
     table = Table(title=escape(str(out)), title_justify="left")
@@ -75,7 +86,7 @@ def export_cmd(
             for name, f in gate.get("figures", {}).items()
             if "threshold" in f and f["value"] is not None
         )
-        size = f"{art['bytes'] / 1e6:.2f} MB" if "bytes" in art else ""
+        size = f"{art.get('bytes_total', art.get('bytes', 0)) / 1e6:.2f} MB" if "bytes" in art else ""
         table.add_row(escape(key), escape(figs), size)
     console.print(table)
     console.print(

@@ -6,7 +6,9 @@ against PyTorch.
   `ExportOptions` (options.py); the steps live in onnx_steps.py, int8.py, trt_steps.py, outputs.py.
 - specs.py: what each model's export is (names, axes, dummy batches, tolerances).
 - onnx_export.py: `export_onnx(spec, model, path) -> OnnxArtifact`, `check_onnx`, IO signatures.
-- optimize.py: onnxscript's ORT fusions. precision.py: fp16, int8 dynamic, int8 static QDQ.
+- optimize.py: onnxscript's ORT fusions. precision.py: fp16, int8 dynamic, int8 static QDQ,
+  weight-only int8 / int4 (MatMulNBits); int8.py the int8 search, int4.py the int4 step.
+- external.py: graphs with ONNX external data (big backbones): found, saved, placed by path.
 - validate.py: `validate(artifact, reference, spec, precision, feeds) -> GateReport`, the
   end-to-end `validate_pipeline`, and `GateFailed`.
 - reference.py: `TorchRunner`, `TorchPipeline.from_run(RUN)`: the PyTorch reference of the gates.

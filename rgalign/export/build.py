@@ -17,7 +17,14 @@ manifest's step log): load the run -> export each model (dynamo, legacy fallback
 (kept only if it passes the same gate) -> fp16 -> int8 candidates (dynamic per-channel, static
 QDQ with the chosen calibration; if neither passes, both again with the most sensitive MatMuls
 kept fp32), each gated per artifact and end to end on held-out requests, the fastest passing one
-kept -> TensorRT -> quick latency -> serving files, manifest, report.
+kept -> int4 (weight-only reasoner, only when asked) -> TensorRT -> quick latency -> serving files,
+manifest, report -> every artifact loaded by ONNX Runtime from the new folder (the work folder
+gone first): an export whose graphs cannot load from where they ship is a failed export.
+
+Big backbones: a graph whose weights pass ``external_data_threshold`` bytes (default protobuf's
+2 GB limit less a margin) is written with ONNX external data, and every step works on it by path
+(`rgalign.export.external`); each artifact folder carries its ``model.onnx.data`` beside
+``model.onnx`` and the manifest hashes both.
 
 Everything is built in a temporary folder beside EXPORT and swapped in only when every gate
 passed (`rgalign.io.atomic_dir`): a failed export leaves an existing EXPORT untouched and raises
@@ -38,6 +45,7 @@ import torch
 from rgalign.errors import ExportError
 from rgalign.export.context import ExportContext
 from rgalign.export.evaldata import EvalRequests, requests_from_dataset
+from rgalign.export.int4 import quantize_int4
 from rgalign.export.int8 import quantize_int8
 from rgalign.export.onnx_steps import (
     calibration_feeds,
@@ -48,7 +56,14 @@ from rgalign.export.onnx_steps import (
     quick_latency,
     reference_pipeline,
 )
-from rgalign.export.options import DEFAULT_OUT, PRECISIONS, ExportOptions, parse_precisions
+from rgalign.export.options import (
+    DEFAULT_OUT,
+    DEFAULT_PRECISIONS,
+    INT8_SEARCH_SECONDS,
+    ExportOptions,
+    parse_precisions,
+)
+from rgalign.export.external import PROTO_LIMIT
 from rgalign.export.outputs import write_outputs
 from rgalign.export.source import RunSource, load_run
 from rgalign.export.steps import Progress, Step, StepLog
@@ -76,6 +91,7 @@ STEPS: tuple[Step, ...] = (
     Step("calibration", calibration_feeds),
     Step("reference", reference_pipeline),
     Step("int8", quantize_int8),
+    Step("int4", quantize_int4),
     Step("onnx gates", _check_onnx_gates),
     Step("pipeline figures", pipeline_figures),
     Step("tensorrt", tensorrt_engines),
@@ -86,7 +102,7 @@ STEPS: tuple[Step, ...] = (
 def export_run(
     run_dir: str | os.PathLike,
     out_dir: str | os.PathLike = DEFAULT_OUT,
-    precisions: str | Sequence[str] = PRECISIONS,
+    precisions: str | Sequence[str] = DEFAULT_PRECISIONS,
     tensorrt: bool = False,
     calibration: str = "minmax",
     eval_requests: EvalRequests | None = None,
@@ -95,14 +111,17 @@ def export_run(
     fuse: bool = True,
     threads: int | None = None,
     progress: Progress | None = None,
+    external_data_threshold: int = PROTO_LIMIT,
+    int8_search_seconds: float = INT8_SEARCH_SECONDS,
 ) -> dict[str, Any]:
     """Export a training run's deployable reasoner + QE ranker pair; returns the manifest.
 
     Args:
         run_dir: the folder ``rgalign train --out`` wrote.
         out_dir: the export folder; replaced atomically, and only when every gate passes.
-        precisions: any of fp32, fp16, int8 ("fp32,int8" or a sequence). The fp32 graph is
-            built (and gated) in any case: the other precisions are made from it.
+        precisions: any of fp32, fp16, int8, int4 ("fp32,int8" or a sequence; default
+            fp32, fp16, int8). The fp32 graph is built (and gated) in any case: the other
+            precisions are made from it.
         tensorrt: also build TensorRT engines (fp16, int8) and check ORT's GPU providers; needs a
             CUDA GPU and TensorRT, else `ExportError` before any work.
         calibration: static int8 calibration, minmax | percentile | entropy.
@@ -114,13 +133,17 @@ def export_run(
         fuse: apply onnxscript's ORT fusions (kept only where they pass the fp32 gate).
         threads: ONNX Runtime intra-op threads for gates and latencies (None: ORT's default).
         progress: ``progress(step, status, message)`` on every step start (status START) and end.
+        external_data_threshold: graphs whose weights pass this many bytes are written with
+            ONNX external data (``model.onnx`` + ``model.onnx.data``).
+        int8_search_seconds: time budget of the int8 search's sensitivity probes (round 2).
 
     Raises:
         GateFailed (an ExportError): an artifact missed its gate; the message lists every missed
             figure and ``out_dir`` is left as it was.
         ExportError: the run cannot be exported (missing files, exporter failure, no TensorRT).
     """
-    options = ExportOptions(parse_precisions(precisions), tensorrt, calibration, exporter, fuse, threads)
+    options = ExportOptions(parse_precisions(precisions), tensorrt, calibration, exporter, fuse, threads,
+                            int(external_data_threshold), float(int8_search_seconds))
     if tensorrt:
         from rgalign.export.tensorrt import require_tensorrt
 
@@ -147,9 +170,9 @@ def _requests(
         )
         eval_requests = eval_requests if eval_requests is not None else ds_eval
         calibration_records = calibration_records if calibration_records is not None else ds_calib
-    if options.wants("int8") and eval_requests is None:
+    if options.end_to_end and eval_requests is None:
         raise ExportError(
-            "int8 is gated on held-out requests (top-10 overlap, GAUC drop) and this run's dataset "
+            f"{'int8' if options.wants('int8') else 'int4'} is gated on held-out requests (top-10 overlap, GAUC drop) and this run's dataset "
             f"({(src.run_json.get('data') or {}).get('path', 'not recorded')}) is not there: pass "
             "eval_requests, restore the dataset, or export --precision fp32,fp16"
         )

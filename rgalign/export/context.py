@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from rgalign.errors import ExportError
 from rgalign.export.evaldata import EvalRequests
 from rgalign.export.onnx_export import OnnxArtifact
 from rgalign.export.options import ExportOptions
@@ -50,6 +51,8 @@ class ExportContext:
     reports: list[GateReport] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)  # report.json
     trt_info: dict[str, Any] | None = None
+    # PyTorch outputs per (model, id(parity feed)): the feeds live as long as the context
+    _ref_cache: dict[tuple[str, int], dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def create(cls, src: RunSource, options: ExportOptions, log: StepLog, tmp: Path,
@@ -72,11 +75,32 @@ class ExportContext:
         return OrtRunner.load(path, threads=self.options.threads)
 
     def validate_file(self, name: str, path: Path, precision: str, label: str | None = None) -> GateReport:
-        """Gate one ONNX file of model ``name`` against PyTorch on the parity batches."""
-        return self.validate_runner(name, self.runner(path), precision, label or f"{name}/{precision}")
+        """Gate one ONNX file of model ``name`` against PyTorch on the parity batches; a graph
+        ONNX Runtime cannot load fails its gate with the reason (never raised through)."""
+        label = label or f"{name}/{precision}"
+        try:
+            runner = self.runner(path)
+        except ExportError as e:
+            return GateReport(label, precision, problems=[str(e)])
+        return self.validate_runner(name, runner, precision, label)
 
     def validate_runner(self, name: str, runner: Runner, precision: str, label: str) -> GateReport:
-        return validate(runner, self.refs[name], self.specs[name], precision, self.feeds[name], label)
+        return validate(runner, self.reference_outputs(name), self.specs[name], precision, self.feeds[name], label)
+
+    def reference_outputs(self, name: str) -> Runner:
+        """Model ``name``'s PyTorch reference on its parity batches, each computed once: every
+        gate compares against the same outputs (at Qwen3-0.6B shape one pass is ~20 s of CPU,
+        and an export runs some ten gates)."""
+        ref = self.refs[name]
+
+        def run(feed: Any) -> dict[str, np.ndarray]:
+            key = (name, id(feed))
+            if key not in self._ref_cache:
+                self._ref_cache[key] = ref(feed)
+            return self._ref_cache[key]
+
+        run.input_names, run.output_names = ref.input_names, ref.output_names  # type: ignore[attr-defined]
+        return run
 
     def gate(self, name: str, report: GateReport) -> GateReport:
         """Record a gate's outcome: in the reports (raised on later if failed) and the step log."""

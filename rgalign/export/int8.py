@@ -1,9 +1,13 @@
 """int8: the fastest (reasoner, ranker) pair of int8 graphs that passes every int8 gate.
 
-Each model gets its own candidates (dynamic per-channel, static QDQ with the chosen calibration),
-each gated on its own and timed; pairs are judged end to end on held-out requests, fastest first.
-Round 2 (only if round 1 has no passing pair) keeps each model's sensitive MatMuls fp32 and adds
-the fp32 ranker. `_search` holds the measurements behind these choices.
+Each model gets its own candidates (dynamic per-channel, static QDQ with the chosen calibration,
+and for an LLM-size reasoner weight-only int8 ``MatMulNBits``), each gated on its own and timed; pairs
+are judged end to end on held-out requests, fastest first. A candidate that fails to quantise,
+load or run is a FAIL candidate in the report, never an aborted export. Round 2 (only if round 1
+has no passing pair) keeps each model's sensitive MatMuls fp32 and adds the fp32 ranker; its
+sensitivity probes are bounded (per layer type past `MAX_NODE_PROBES` MatMuls, and a time
+budget, ``ExportOptions.int8_search_seconds``). `_search` holds the measurements behind these
+choices.
 """
 
 from __future__ import annotations
@@ -13,15 +17,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from rgalign.artifacts.registry import MODELS
 from rgalign.errors import ExportError
 from rgalign.export.context import ExportContext
+from rgalign.export.external import is_external
 from rgalign.export.onnx_export import check_onnx
-from rgalign.export.precision import quantize_int8_dynamic, quantize_int8_static, sensitive_nodes
+from rgalign.export.precision import (
+    quantize_int8_dynamic,
+    quantize_int8_static,
+    quantize_weight_only,
+    sensitive_nodes,
+)
 from rgalign.export.steps import FAIL, OK
-from rgalign.export.validate import GateReport, row_cosine, validate_pipeline
+from rgalign.export.validate import GateReport, gated_cosine, validate_pipeline
 from rgalign.inference.pipeline import Pipeline
 
 # a MatMul whose int8 version alone costs more than this share of the int8 cosine budget
@@ -64,17 +73,20 @@ def _candidate(ctx: ExportContext, name: str, method: str, exclude: list[str]) -
     try:
         if method == "dynamic":
             quantize_int8_dynamic(ctx.fp32[name], dst, exclude=exclude)
+        elif method == "weight-only":
+            quantize_weight_only(ctx.fp32[name], dst, bits=8)
         else:
             quantize_int8_static(ctx.fp32[name], dst, ctx.calib[name], ctx.options.calibration, exclude=exclude)
         check_onnx(dst)
-    except ExportError as e:
-        cand.error = str(e)
-        log.record(f"quantize {name} int8 {label}", FAIL, time.perf_counter() - t0, str(e))
+        runner = ctx.runner(dst)
+        cand.report = ctx.validate_runner(name, runner, "int8", f"{name}/int8({label})")
+        cand.latency_ms = ctx.latency(name, runner)
+    except Exception as e:  # noqa: BLE001 - any failure of one candidate is that candidate's FAIL
+        cand.error = str(e) if isinstance(e, ExportError) else f"{type(e).__name__}: {e}"
+        cand.report = None
+        log.record(f"quantize {name} int8 {label}", FAIL, time.perf_counter() - t0, cand.error.splitlines()[0])
         return cand
     cand.path = dst
-    runner = ctx.runner(dst)
-    cand.report = ctx.validate_runner(name, runner, "int8", f"{name}/int8({label})")
-    cand.latency_ms = ctx.latency(name, runner)
     message = "passed" if cand.passed else "; ".join(cand.report.failures())
     message += f"; {cand.latency_ms:.3g} ms at batch 1" + (f"; {len(exclude)} MatMuls kept fp32" if exclude else "")
     log.record(f"quantize {name} int8 {label}", OK if cand.passed else FAIL, time.perf_counter() - t0, message)
@@ -93,17 +105,18 @@ def _fp32_fallback(ctx: ExportContext, name: str) -> Int8Candidate:
     return cand
 
 
-def _sensitivity(ctx: ExportContext, name: str) -> tuple[list[str], dict[str, float]]:
+def _sensitivity(ctx: ExportContext, name: str, seconds: float) -> tuple[list[str], dict[str, float], dict]:
+    """The gate's own cosine (batch-centred for the reasoner) per probe, within ``seconds``."""
     spec, ref, feeds = ctx.specs[name], ctx.refs[name], ctx.feeds[name]
     want = [ref(f)[spec.gated_output] for f in feeds]
 
     def cosine(path: Path) -> float:
         run = ctx.runner(path)
         got = [run(f)[spec.gated_output] for f in feeds]
-        return float(np.concatenate([row_cosine(g, w, spec.centre_gated) for g, w in zip(got, want)]).mean())
+        return float(gated_cosine(spec, got, want)[1].mean())
 
     budget = SENSITIVITY_SHARE * (1.0 - spec.tolerances.int8_cosine)
-    return sensitive_nodes(ctx.fp32[name], ctx.work / "int8" / "probes" / name, cosine, budget)
+    return sensitive_nodes(ctx.fp32[name], ctx.work / "int8" / "probes" / name, cosine, budget, seconds=seconds)
 
 
 def _search(ctx: ExportContext) -> None:
@@ -130,6 +143,12 @@ def _search(ctx: ExportContext) -> None:
     cands: dict[str, list[Int8Candidate]] = {
         name: [_candidate(ctx, name, m, []) for m in methods] for name in MODELS
     }
+    # weight-only int8 (MatMulNBits) for an LLM-size reasoner (one written with external data):
+    # the LLM-runtime way, activations stay float. Not for a small one: there it is no faster,
+    # and a choice by latency would trade the dynamic graph that serving runs row-wise (batch
+    # invariance, rgalign.inference.batch_invariance) for one whose batch invariance is unmeasured
+    if is_external(ctx.fp32["reasoner"]):
+        cands["reasoner"].append(_candidate(ctx, "reasoner", "weight-only", []))
     tried: list[tuple[str, str, GateReport]] = []  # (reasoner method, ranker method, end-to-end gate)
 
     def pick(limit: int) -> tuple[Int8Candidate, Int8Candidate, GateReport] | None:
@@ -154,10 +173,16 @@ def _search(ctx: ExportContext) -> None:
     chosen = pick(MAX_PAIRS)
     sensitivity: dict[str, Any] = {}
     if chosen is None:
+        deadline = time.perf_counter() + ctx.options.int8_search_seconds
         for name in MODELS:
-            over, losses = log.run(f"int8 sensitivity of {name}", _sensitivity, ctx, name,
-                                   message=lambda r: f"{len(r[0])} of {len(r[1])} MatMuls over budget")
-            sensitivity[name] = {"fp32_nodes": over, "cosine_loss": {k: round(v, 6) for k, v in losses.items()}}
+            over, losses, info = log.run(
+                f"int8 sensitivity of {name}", _sensitivity, ctx, name, max(0.0, deadline - time.perf_counter()),
+                message=lambda r: (f"{len(r[0])} MatMuls over budget; {r[2]['probes']} probes ({r[2]['probe']}) of "
+                                   f"{r[2]['weight_matmuls']} MatMuls, {len(r[2]['skipped_for_time'])} skipped "
+                                   f"for time, {len(r[2]['failed'])} failed"),
+            )
+            sensitivity[name] = {"fp32_nodes": over, "cosine_loss": {k: round(v, 6) for k, v in losses.items()},
+                                 **info}
             if over:
                 cands[name] += [_candidate(ctx, name, m, over) for m in methods]
         # the ranker's int8 graphs are no faster than fp32 on this CPU (seed 0: 0.7-1.3 ms vs 0.65 ms)

@@ -6,8 +6,9 @@ Exporter, measured on this project's models (torch 2.13, transformers 5): the dy
 about 1e-7 with the eager model, and a graph onnxscript's ORT fusions understand (RMSNorm,
 rotary embedding, attention). The legacy TorchScript exporter (opset 17) is the fallback when
 dynamo fails on some other backbone; it is about 10x faster to run but its graphs fuse less.
-Either way the file is self-contained (weights inside), up to protobuf's 2 GB limit; a larger
-backbone is written with its weights as external data beside ``model.onnx``.
+Either way the file is self-contained (weights inside) while the weights stay under
+``external_threshold`` (default: protobuf's 2 GB limit less a margin); a larger backbone is
+written with its weights as external data beside the graph (`rgalign.export.external`).
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ import torch
 from torch import nn
 
 from rgalign.errors import ExportError
+from rgalign.export.external import PROTO_LIMIT, is_external, load_graph, save_model, wants_external
 from rgalign.export.specs import ExportSpec, graph_module
 from rgalign.progress import first_line
 
 DYNAMO_OPSET = 18
 LEGACY_OPSET = 17
-PROTO_LIMIT = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GiB, less headroom for the graph itself
 
 _ONNX_DTYPES = {
     onnx.TensorProto.FLOAT: "float32",
@@ -128,18 +129,22 @@ def _export_legacy(spec: ExportSpec, module: nn.Module, path: Path) -> None:
         )
 
 
-def export_onnx(spec: ExportSpec, model: nn.Module, path: str | os.PathLike, exporter: str = "dynamo") -> OnnxArtifact:
+def export_onnx(
+    spec: ExportSpec, model: nn.Module, path: str | os.PathLike, exporter: str = "dynamo",
+    external_threshold: int = PROTO_LIMIT,
+) -> OnnxArtifact:
     """Export ``model`` as ``spec`` describes to ``path`` (a ``model.onnx``) and check the file.
 
     ``exporter``: "dynamo" (falls back to "legacy" when dynamo raises, and says why in
-    ``note``) or "legacy". Raises `ExportError` when no exporter succeeds.
+    ``note``) or "legacy". Weights over ``external_threshold`` bytes go to external data beside
+    ``path``. Raises `ExportError` when no exporter succeeds.
     """
     if exporter not in ("dynamo", "legacy"):
         raise ExportError(f"unknown exporter {exporter!r}; use 'dynamo' or 'legacy'")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = graph_module(spec, model)
-    external = _param_bytes(module) > PROTO_LIMIT
+    external = wants_external(_param_bytes(module), external_threshold)
     note = ""
     t0 = time.perf_counter()
     if exporter == "dynamo":
@@ -155,6 +160,8 @@ def export_onnx(spec: ExportSpec, model: nn.Module, path: str | os.PathLike, exp
             t0 = time.perf_counter()
     try:
         _export_legacy(spec, module, path)
+        if external and not is_external(path):  # torch writes external data only past 2 GB
+            save_model(onnx.load(os.fspath(path)), path, external=True)
     except Exception as e:  # noqa: BLE001
         raise ExportError(
             f"cannot export the {spec.name} to ONNX: {first_line(e, typed=True)}" + (f" (after: {note})" if note else "")
@@ -170,17 +177,22 @@ ORT_DEFAULT_DOMAIN_CONTRIB = frozenset({"SimplifiedLayerNormalization"})
 
 
 def check_onnx(path: str | os.PathLike) -> str:
-    """Run ``onnx.checker.check_model`` (full check: schemas and shape inference) on ``path``.
+    """Run ``onnx.checker.check_model`` (full check: schemas and shape inference) on ``path``,
+    *by path*: a graph with external data is checked with its weights where they are, never
+    loaded into one protobuf (over 2 GB it could not be).
 
     onnx's checker skips nodes of other domains (``com.microsoft``), but ORT also registers a few
     contrib ops in the default domain (``SimplifiedLayerNormalization`` from the RMSNorm fusion)
-    and the checker rejects those as unknown. Such nodes are moved to a private domain on an
-    in-memory copy before checking, and listed in the returned note; ONNX Runtime then validates
-    them when it loads the graph (every artifact is loaded by its gate). Raises `ExportError`.
+    and the checker rejects those as unknown. Such nodes are moved to a private domain in a copy
+    of the graph alone (its weights still referenced, so the copy sits beside ``path``), which is
+    checked instead and removed; they are listed in the returned note, and ONNX Runtime
+    validates them when it loads the graph (every artifact is loaded by its gate). Raises
+    `ExportError`.
     """
     path = Path(path)
+    checked = path
     try:
-        model = onnx.load(os.fspath(path), load_external_data=False)
+        model = load_graph(path)
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
         unknown = sorted({
             n.op_type for n in model.graph.node
@@ -193,15 +205,16 @@ def check_onnx(path: str | os.PathLike) -> str:
                 if n.op_type in unknown and n.domain in ("", "ai.onnx"):
                     n.domain = "ai.onnxruntime.checked_elsewhere"
             model.opset_import.append(onnx.helper.make_opsetid("ai.onnxruntime.checked_elsewhere", 1))
-        external = any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer)
-        if external and not unknown:
-            onnx.checker.check_model(os.fspath(path), full_check=True)  # by path: weights > 2 GB
-        else:
-            onnx.checker.check_model(model, full_check=True)
+            checked = path.parent / f".checker-{path.name}"
+            onnx.save_model(model, os.fspath(checked))  # the graph alone; tensors stay references
+        onnx.checker.check_model(os.fspath(checked), full_check=True)
     except ExportError:
         raise
     except Exception as e:  # noqa: BLE001 - checker errors are ValidationError, InferenceError...
         raise ExportError(f"onnx.checker rejects {path}: {first_line(e, typed=True)}") from None
+    finally:
+        if checked != path:
+            checked.unlink(missing_ok=True)
     note = f"onnx.checker OK (opset {opset})"
     if unknown:
         note += f"; ORT contrib ops in the default domain checked by ONNX Runtime: {', '.join(unknown)}"
@@ -216,7 +229,7 @@ def _dim(d: onnx.TensorShapeProto.Dimension) -> int | str:
 
 def io_signature(path: str | os.PathLike) -> dict[str, list[dict]]:
     """``{"inputs": [...], "outputs": [...]}`` with name, dtype and shape (symbolic dims by name)."""
-    model = onnx.load(os.fspath(path), load_external_data=False)
+    model = load_graph(path)
 
     def sig(values) -> list[dict]:
         out = []
@@ -236,7 +249,7 @@ def op_histogram(path_or_model: str | os.PathLike | onnx.ModelProto) -> dict[str
     """Count of nodes per op type (``domain::op`` for non-default domains), most frequent first."""
     model = (
         path_or_model if isinstance(path_or_model, onnx.ModelProto)
-        else onnx.load(os.fspath(path_or_model), load_external_data=False)
+        else load_graph(path_or_model)
     )
     counts = collections.Counter(
         n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}" for n in model.graph.node

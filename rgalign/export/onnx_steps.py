@@ -13,6 +13,7 @@ from rgalign.artifacts.registry import MODELS
 from rgalign.errors import ExportError
 from rgalign.export import onnx_export
 from rgalign.export.context import LATENCY_SEQ, ExportContext
+from rgalign.export.external import is_external
 from rgalign.export.onnx_export import check_onnx
 from rgalign.export.optimize import FusionResult, fuse_for_ort
 from rgalign.export.precision import to_fp16
@@ -24,6 +25,10 @@ from rgalign.inference.pipeline import Pipeline
 # real requests added to the random parity batches, and the batch size of calibration feeds
 REAL_BATCH = 8
 CALIBRATION_BATCH = 16
+# calibration requests of a reasoner big enough for external data: each costs one PyTorch and
+# one ORT forward of the whole LLM (~2 s at Qwen3-0.6B shape on 2 cores), and MinMax ranges
+# settle within a few batches; a small reasoner keeps all of them (up to 256)
+BIG_CALIBRATION_REQUESTS = 32
 
 
 def parity_feeds(ctx: ExportContext) -> None:
@@ -86,7 +91,8 @@ def export_models(ctx: ExportContext) -> None:
     for name in MODELS:
         art = ctx.log.run(
             f"export {name} to ONNX", onnx_export.export_onnx, ctx.specs[name], models[name],
-            ctx.work / name / "exported.onnx", ctx.options.exporter, message=_describe_export,
+            ctx.work / name / "exported.onnx", ctx.options.exporter, ctx.options.external_data_threshold,
+            message=_describe_export,
         )
         ctx.exported[name] = art
         chosen, rep, info = _fuse(ctx, name, art, ctx.validate_file(name, art.path, "fp32"))
@@ -137,6 +143,8 @@ def _calibration_feeds(ctx: ExportContext) -> dict[str, list]:
     """Calibration feeds for both graphs from real training requests: the reasoner sees their
     prompts, the ranker their encoded features and the fp32 reasoner's latent queries."""
     records = ctx.calibration_records
+    if is_external(ctx.fp32["reasoner"]):
+        records = records[:BIG_CALIBRATION_REQUESTS]
     out: dict[str, list] = {"reasoner": [], "ranker": []}
     for i in range(0, len(records), CALIBRATION_BATCH):
         b = ctx.pre(records[i : i + CALIBRATION_BATCH])
@@ -153,7 +161,11 @@ def calibration_feeds(ctx: ExportContext) -> None:
 
 
 def reference_pipeline(ctx: ExportContext) -> None:
-    """The PyTorch pipeline on the held-out requests, once the fp32 gates passed."""
+    """The PyTorch pipeline on the held-out requests, once the fp32 gates passed: only for a
+    precision gated end to end (int8, int4); at Qwen3-0.6B shape this pass is minutes."""
+    if not ctx.options.end_to_end:
+        ctx.log.skip("reference (PyTorch) pipeline on held-out requests", "no int8 or int4 requested")
+        return
     if ctx.eval_requests is not None and all(r.passed for r in ctx.reports if r.precision == "fp32"):
         torch_pipe = TorchPipeline(ctx.pre, ctx.refs["reasoner"], ctx.refs["ranker"], ctx.src.encoders.intent_ids)
         ctx.reference = ctx.log.run("reference (PyTorch) pipeline on held-out requests", torch_pipe.forward,
@@ -161,17 +173,19 @@ def reference_pipeline(ctx: ExportContext) -> None:
 
 
 def pipeline_figures(ctx: ExportContext) -> None:
-    """fp16 end to end on the held-out requests: figures for the report (int8's are its gate;
-    fp32's would repeat its 1e-4 parity)."""
+    """fp16 end to end on the held-out requests: figures for the report (int8's and int4's are
+    their gates; fp32's would repeat its 1e-4 parity). Only where the reference pass was made
+    for a quantised precision anyway."""
     if ctx.eval_requests is not None and ctx.reference is not None and ctx.options.wants("fp16"):
         runners = [ctx.runner(ctx.graphs[(m, "fp16")]) for m in MODELS]
         pipe = Pipeline(ctx.pre, runners[0], runners[1], ctx.src.encoders.intent_ids)
         outs = ctx.log.run("fp16 pipeline on held-out requests", pipe.forward, ctx.eval_requests.records)
         rep = validate_pipeline(outs, ctx.reference, ctx.eval_requests, "fp16")
         ctx.report["artifacts"]["pipeline/fp16"] = {"gate": rep.to_dict()}
-    e2e = ctx.gate_of("pipeline/int8")
-    if e2e is not None:
-        ctx.report["artifacts"]["pipeline/int8"] = {"gate": e2e.to_dict()}
+    for precision in ("int8", "int4"):
+        e2e = ctx.gate_of(f"pipeline/{precision}")
+        if e2e is not None:
+            ctx.report["artifacts"][f"pipeline/{precision}"] = {"gate": e2e.to_dict()}
 
 
 def _latencies(ctx: ExportContext) -> dict[str, Any]:

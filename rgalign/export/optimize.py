@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rgalign.errors import ExportError
+from rgalign.export.external import data_name, is_external
 from rgalign.export.onnx_export import check_onnx, op_histogram
 
 
@@ -56,6 +57,9 @@ class FusionResult:
 def fuse_for_ort(src: str | os.PathLike, dst: str | os.PathLike) -> FusionResult:
     """Fuse ``src`` for ONNX Runtime into ``dst`` and check the result with onnx's checker.
 
+    A graph with external data is read lazily (onnx_ir maps its weights) and written with its
+    weights in ``<dst>.data``.
+
     Raises `ExportError` when the rewriter or the checker fails (the caller keeps the unfused
     graph and records why).
     """
@@ -70,7 +74,11 @@ def fuse_for_ort(src: str | os.PathLike, dst: str | os.PathLike) -> FusionResult
         model, counts = optimize_for_ort(model)
         model.graph.sort()  # rewrites may append nodes out of order; ONNX requires topological order
         dst.parent.mkdir(parents=True, exist_ok=True)
-        ir.save(model, os.fspath(dst))
+        if is_external(src):
+            (dst.parent / data_name(dst)).unlink(missing_ok=True)
+            ir.save(model, os.fspath(dst), external_data=data_name(dst))
+        else:
+            ir.save(model, os.fspath(dst))
     except Exception as e:  # noqa: BLE001 - a rewriter bug must not fail the export
         text = str(e).strip()
         raise ExportError(f"ORT fusion failed: {type(e).__name__}: {text.splitlines()[0] if text else ''}") from None

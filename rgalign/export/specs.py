@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rgalign.models.qe_ranker import QERanker
-from rgalign.models.reasoner import Reasoner
+from rgalign.models.reasoner import Reasoner, last_token_index, position_ids_from_mask
 
 # top-K fixed at export: the int8 gate's "top-10 overlap" needs 10, and 10 >= the 3 shown
 TOPK = 10
@@ -55,10 +56,16 @@ class TensorSpec:
 class Tolerances:
     """SPEC §5 gates. Figures are compared against the PyTorch model in fp32.
 
-    ``cosine`` is the mean over rows of the per-row cosine similarity of the gated output (the
-    latent query for the reasoner; the *row-centred* scores for the ranker, since a shared offset
-    of every intent's logit would otherwise dominate the cosine and hide a reordering). The
-    minimum over rows is reported beside it.
+    ``cosine`` is the mean over rows of the per-row cosine similarity of the gated output: for
+    the ranker the *row-centred* scores (a shared offset of every intent's logit would otherwise
+    dominate the cosine and hide a reordering); for the reasoner the *batch-centred* latent
+    queries (each minus the reference latents' mean over the parity prompts: a model whose
+    latents barely differ between prompts would otherwise pass any precision; see
+    `rgalign.export.validate.batch_centred_cosine`). The minimum over rows is reported beside
+    it, and the reasoner's uncentred cosine too (ungated).
+
+    int4 (weight-only ``MatMulNBits``) is held to int8's thresholds: it replaces int8 where it
+    passes, so it must rank as well.
     """
 
     fp32_max_abs: float = 1e-4
@@ -69,6 +76,10 @@ class Tolerances:
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    def cosine(self, precision: str) -> float | None:
+        """The cosine threshold of ``precision`` (None for fp32: it is gated on max |diff|)."""
+        return {"fp16": self.fp16_cosine, "int8": self.int8_cosine, "int4": self.int8_cosine}.get(precision)
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,8 @@ class ExportSpec:
     example: tuple[torch.Tensor, ...]
     batches: Callable[[int], list[dict[str, np.ndarray]]]
     tolerances: Tolerances = field(default_factory=Tolerances)
+    # centre the gated output on the reference's mean over every parity row (reasoner latents)
+    centre_batch: bool = False
 
     @property
     def input_names(self) -> list[str]:
@@ -100,14 +113,27 @@ class ExportSpec:
 
 
 class ReasonerGraph(nn.Module):
-    """The exported reasoner: (B, T) ids and mask -> (B, d) unit latent query."""
+    """The exported reasoner: (B, T) ids and mask -> (B, d) unit latent query.
+
+    Holds the backbone's *base model* (embeddings, layers, final norm) and the projection, not
+    the causal LM: the LM head (vocab x hidden: 0.6 GB at Qwen3-0.6B shape when untied) is
+    never part of the graph, whatever the exporter does with unused parameters. The forward is
+    `Reasoner.forward`'s: final hidden states -> last real token -> projection -> L2 norm.
+    """
 
     def __init__(self, reasoner: Reasoner) -> None:
         super().__init__()
-        self.reasoner = reasoner
+        self.base = reasoner.backbone.base_model
+        self.proj = reasoner.proj
+        self.pass_positions = reasoner._pass_positions
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.reasoner(input_ids, attention_mask)
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+        if self.pass_positions:
+            kwargs["position_ids"] = position_ids_from_mask(attention_mask)
+        h = self.base(**kwargs).last_hidden_state  # (B, T, H)
+        idx = last_token_index(attention_mask).view(-1, 1, 1).expand(-1, 1, h.shape[-1])
+        return F.normalize(self.proj(h.gather(1, idx).squeeze(1)), dim=-1)
 
 
 class RankerGraph(nn.Module):
@@ -175,6 +201,7 @@ def reasoner_spec(reasoner: Reasoner) -> ExportSpec:
         outputs=(TensorSpec("latent_query", "float32", ("batch", d)),),
         gated_output="latent_query",
         centre_gated=False,
+        centre_batch=True,
         dynamic_shapes={
             "input_ids": {0: ("batch", 1, None), 1: ("seq", 1, max_len)},
             "attention_mask": {0: ("batch", 1, None), 1: ("seq", 1, max_len)},

@@ -155,7 +155,8 @@ def test_sensitivity_ranks_every_weight_matmul(exported, source, tmp_path):
     import onnx
 
     nodes = weight_matmuls(onnx.load(src))
-    over, losses = sensitive_nodes(src, tmp_path, cosine, budget=1e-4)
+    over, losses, info = sensitive_nodes(src, tmp_path, cosine, budget=1e-4)
+    assert info["probe"] == "per node" and info["probes"] == len(nodes) and not info["failed"]
     assert set(losses) == set(nodes) and len(nodes) > 10
     assert all(loss >= -1e-6 for loss in losses.values())
     assert over == sorted((n for n in nodes if losses[n] > 1e-4), key=lambda n: -losses[n])

@@ -34,7 +34,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,7 @@ from rgalign.serve.repository import config as tc
 from rgalign.serve.repository import fused
 from rgalign.serve.repository.ensemble import ensemble_config
 from rgalign.serve.repository.readme import README_TEXT
-from rgalign.serve.repository.signature import Signature, model_files, signature
+from rgalign.serve.repository.signature import Signature, external_data, model_files, signature
 from rgalign.serve.server.live import carry_runtime_files, refuse_unless_forced, request_reload
 
 STEP_MODELS = ("preprocess", "reasoner", "ranker", "postprocess")
@@ -248,8 +248,10 @@ def _write_graph_model(
     warmup_arrays: Mapping[str, np.ndarray],
     options: DeployOptions,
     parameters: Mapping[str, str],
+    data: Sequence[Path] = (),
 ) -> None:
-    """reasoner/ or ranker/ for the chosen backend."""
+    """reasoner/ or ranker/ for the chosen backend; ``data``: the graph's external-data files,
+    copied beside ``model.onnx`` under the names its references use."""
     model_dir = repo / name
     files = tc.version_dir(model_dir)
     warmup = _warmup(model_dir, warmup_arrays)
@@ -258,6 +260,8 @@ def _write_graph_model(
         dynamic_batching=_batching(options),
         warmup=warmup,
     )
+    for f in data:
+        shutil.copyfile(f, files / f.name)
     if options.backend == "python":
         shutil.copyfile(source, files / "model.onnx")
         _write_shim(model_dir, name)
@@ -314,9 +318,10 @@ def _write_postprocess(repo: Path, export: Path, manifest: Mapping[str, Any], si
 
 def _write_ensemble(
     tmp: Path, export: Path, manifest: Mapping[str, Any], sig: Signature, sources: Mapping[str, Path],
-    options: DeployOptions, default_k: int, say: Callable[[str], None],
+    data: Mapping[str, Sequence[Path]], options: DeployOptions, default_k: int, say: Callable[[str], None],
 ) -> None:
-    """The ensemble layout: the four step models and the ensemble ``rgalign`` chaining them."""
+    """The ensemble layout: the four step models and the ensemble ``rgalign`` chaining them;
+    ``data``: each graph's external-data files (`signature.external_data`)."""
     say("preprocess")
     warm = _write_preprocess(tmp, export, manifest, sig, options)
     say(f"reasoner ({options.backend}, {options.precision})")
@@ -326,6 +331,7 @@ def _write_ensemble(
         {"input_ids": warm["input_ids"], "attention_mask": warm["attention_mask"]}, options,
         {**params, "pad_token_id": str(int(warm["pad_token_id"])),
          "vocab_size": str(int(warm["vocab_size"])), "max_len": str(int(warm["max_len"]))},
+        data["reasoner"],
     )  # fmt: skip
     say(f"ranker ({options.backend}, {options.precision})")
     d_query = sig.spec("query").dims[0]
@@ -334,6 +340,7 @@ def _write_ensemble(
         {"cat": warm["cat"], "num": warm["num"], "query": np.zeros((1, d_query), np.float32)},
         options, {**params, "d_query": str(d_query),
                   "cardinalities": json.dumps([int(c) for c in warm["cardinalities"]])},
+        data["ranker"],
     )  # fmt: skip
     say("postprocess")
     _write_postprocess(tmp, export, manifest, sig, options, default_k)
@@ -382,6 +389,7 @@ def deploy(
     export = Path(export_dir)
     manifest = read_manifest(export)
     sources = model_files(export, manifest, options.backend, options.precision)  # raises when the export lacks them
+    data = {m: [] for m in sources} if options.backend == "tensorrt" else external_data(export, manifest, options.precision)
     sig_precision = options.precision
     if options.backend == "tensorrt" and f"reasoner/{sig_precision}" not in manifest["artifacts"]:
         sig_precision = "fp32"  # the plans' tensors are the ONNX graphs' (names, dtypes, dims)
@@ -400,14 +408,15 @@ def deploy(
             _write_fused(tmp, export, manifest, options, default_k)
             models = [ENSEMBLE]
         else:
-            _write_ensemble(tmp, export, manifest, sig, sources, options, default_k, say)
+            _write_ensemble(tmp, export, manifest, sig, sources, data, options, default_k, say)
             models = list(STEP_MODELS) + [ENSEMBLE]
+
         shutil.copyfile(export / "manifest.json", tmp / "manifest.json")
         write_text_atomic(tmp / "README.md", README_TEXT)
         files = {
             os.fspath(p.relative_to(tmp)): sha256_file(p)
             for p in sorted(tmp.rglob("*"))
-            if p.is_file() and p.suffix in (".onnx", ".plan", ".pbtxt")
+            if p.is_file() and p.suffix in (".onnx", ".data", ".plan", ".pbtxt")
         }
         summary = {
             "format": "rgalign.deploy/1",

@@ -108,6 +108,23 @@ def _checked_file(export: Path, manifest: Mapping[str, Any], key: str, hint: str
     return path
 
 
+def external_data(export: Path, manifest: Mapping[str, Any], precision: str) -> dict[str, list[Path]]:
+    """The weight files (ONNX external data) beside each model's graph, each checked against its
+    sha256 in the manifest: deploy copies them beside ``model.onnx``, where its references point."""
+    out: dict[str, list[Path]] = {}
+    for m in MODELS:
+        files = []
+        for d in (manifest["artifacts"].get(f"{m}/{precision}") or {}).get("external_data", []):
+            path = export / d["path"]
+            if not path.is_file():
+                raise ExportError(f"{export}: {d['path']} (the weights of {m}/{precision}) is missing; re-export")
+            if sha256_file(path) != d["sha256"]:
+                raise ExportError(f"{path} does not match the sha256 in {export}/manifest.json; re-export the run")
+            files.append(path)
+        out[m] = files
+    return out
+
+
 def model_files(export: Path, manifest: Mapping[str, Any], backend: str, precision: str) -> dict[str, Path]:
     """``{"reasoner": file, "ranker": file}`` for the chosen backend and precision."""
     p = precision
