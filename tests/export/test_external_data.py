@@ -95,7 +95,7 @@ def test_deploy_copies_the_weights_and_serves_in_process(external_export, tmp_pa
 
     out, manifest = external_export
     repo = tmp_path / "repo"
-    deploy(out, repo, DeployOptions(backend="python", precision="fp32"))
+    deploy(out, repo, DeployOptions(backend="python", precision="fp32", layout="ensemble"))
     version = repo / "reasoner" / "1"
     assert (version / "model.onnx").is_file() and (version / "model.onnx.data").is_file()
     assert external_files(version / "model.onnx") == [version / "model.onnx.data"]

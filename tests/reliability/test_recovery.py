@@ -21,8 +21,15 @@ RECOVERY_BOUND_S = 10.0  # SPEC §8; measured ~1 s on the 2-core machine
 CLIENTS = 4
 
 
-def _stub_pid(server, model: str) -> int:
-    pids = stub_pids(server.shm_prefix, model)
+def _stub_pid(served, model: str) -> int:
+    """The pid of ``model``'s serving stub. A test before this one may have made the supervisor
+    reload the ensemble, whose previous stubs linger for a moment beside the new ones: killing
+    such a leftover harms nothing, so wait until exactly the configured stubs are alive."""
+    expected = served.supervisor.expected.get(model, 1)
+    deadline = time.monotonic() + 15
+    while (pids := stub_pids(served.server.shm_prefix, model)) and len(pids) != expected:
+        assert time.monotonic() < deadline, f"{model}: {len(pids)} stubs, expected {expected}"
+        time.sleep(0.05)
     assert pids, f"no stub of {model}"
     return pids[0]
 
@@ -51,7 +58,7 @@ def test_killed_stub_is_recovered_under_load(served, records, model):
     time.sleep(1.0)
     events_before = len(served.supervisor.events)
     killed_at = time.monotonic()
-    os.kill(_stub_pid(server, model), signal.SIGKILL)
+    os.kill(_stub_pid(served, model), signal.SIGKILL)
     ready_trace = []
     while time.monotonic() - killed_at < RECOVERY_BOUND_S + 2:
         ready_trace.append((time.monotonic() - killed_at, server.is_ready(timeout=1.0)))

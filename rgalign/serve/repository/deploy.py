@@ -55,6 +55,7 @@ from rgalign.serve.repository import fused
 from rgalign.serve.repository.ensemble import ensemble_config
 from rgalign.serve.repository.readme import README_TEXT
 from rgalign.serve.repository.signature import Signature, external_data, model_files, signature
+from rgalign.serve.repository.warmup import sample_record, warmup_files
 from rgalign.serve.server.live import carry_runtime_files, refuse_unless_forced, request_reload
 
 STEP_MODELS = ("preprocess", "reasoner", "ranker", "postprocess")
@@ -130,25 +131,6 @@ class DeployOptions:
         return tuple(sizes + [self.max_batch])
 
 
-def sample_record(encoders: Any) -> dict[str, Any]:
-    """A valid raw request built from the encoders (first vocabulary value, mean, empty text):
-    what the warm-up requests send."""
-    record: dict[str, Any] = {}
-    for f in encoders.categorical_fields:
-        record[f] = encoders.vocabs[f][0] if encoders.vocabs[f] else ""
-    for f, mean in zip(encoders.numeric_fields, encoders.means):
-        record[f] = float(mean)
-    for f in encoders.text_fields:
-        record[f] = ""
-    return record
-
-
-def serialize_bytes(items: list[bytes]) -> bytes:
-    """Triton's raw layout of a BYTES tensor (warm-up files): per element a 4-byte little-endian
-    length, then its bytes."""
-    return b"".join(len(b).to_bytes(4, "little") + b for b in items)
-
-
 # ------------------------------------------------------------------------------------------------
 # Writing the repository
 
@@ -173,23 +155,6 @@ def _batching(options: DeployOptions) -> Any:
 
 def _groups(options: DeployOptions, kind: str = "cpu") -> list[Any]:
     return [tc.instance_group(options.instances, kind)]
-
-
-def _warmup(model_dir: Path, arrays: Mapping[str, np.ndarray]) -> list[Any]:
-    """One warm-up sample (batch 1, run twice: the first call allocates ORT's buffers) fed from
-    files in ``model_dir/warmup/`` holding ``arrays`` (each (1, ...)) in Triton's raw layout."""
-    folder = model_dir / "warmup"
-    folder.mkdir(parents=True, exist_ok=True)
-    inputs = {}
-    for name, array in arrays.items():
-        if array.dtype == object:
-            (folder / name).write_bytes(serialize_bytes(list(array.reshape(-1))))
-            dtype = "BYTES"
-        else:
-            (folder / name).write_bytes(np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes())
-            dtype = str(array.dtype)
-        inputs[name] = tc.WarmupInput(dtype, tuple(array.shape[1:]), data=name)
-    return [tc.model_warmup("sample", inputs, batch_size=1, count=2)]
 
 
 def _write_preprocess(
@@ -225,7 +190,7 @@ def _write_preprocess(
         max_batch_size=options.max_batch,
         dynamic_batching=_batching(options),
         instance_groups=_groups(options),
-        warmup=_warmup(model_dir, {"features": features}),
+        warmup=warmup_files(model_dir, {"features": features}),
         parameters={k: str(v) for k, v in options.limits().to_dict().items()},
     )
     tc.write_config(model_dir, config)
@@ -254,7 +219,7 @@ def _write_graph_model(
     copied beside ``model.onnx`` under the names its references use."""
     model_dir = repo / name
     files = tc.version_dir(model_dir)
-    warmup = _warmup(model_dir, warmup_arrays)
+    warmup = warmup_files(model_dir, warmup_arrays)
     common = dict(
         max_batch_size=options.max_batch,
         dynamic_batching=_batching(options),
@@ -310,7 +275,7 @@ def _write_postprocess(repo: Path, export: Path, manifest: Mapping[str, Any], si
         max_batch_size=options.max_batch,
         dynamic_batching=_batching(options),
         instance_groups=_groups(options),
-        warmup=_warmup(model_dir, warm),
+        warmup=warmup_files(model_dir, warm),
         parameters={"default_top_k": str(default_k)},
     )
     tc.write_config(model_dir, config)
@@ -360,7 +325,7 @@ def _write_fused(
     pre = Preprocessor.from_export(files)  # what the served model loads: check it loads
     config = fused.fused_config(
         max_batch=options.max_batch, batching=_batching(options), groups=_groups(options),
-        warmup=_warmup(model_dir, {"features": fused.warmup_features(sample_record(pre.encoders))}),
+        warmup=warmup_files(model_dir, {"features": fused.warmup_features(sample_record(pre.encoders))}),
         precision=options.precision, threads=options.threads, default_k=default_k,
         extra={**{k: str(v) for k, v in options.limits().to_dict().items()},
                "batch_invariant": "1" if options.batch_invariant else "0"},
