@@ -121,8 +121,8 @@ def run_soak(export: Path, work: Path, seconds: float, clients: int, precisions:
 
 
 def run_recovery(export: Path, work: Path, clients: int) -> dict:
-    from rgalign.bench.soak import http_client, infer_raw
-    from rgalign.serve.server.supervisor import stub_pids
+    from rgalign.bench.soak import ClosedLoop
+    from rgalign.serve.server.supervisor import serving_stub_pid
 
     records = records_of()
     served = Served(export, "int8", work)
@@ -130,27 +130,10 @@ def run_recovery(export: Path, work: Path, clients: int) -> dict:
     results = {}
     try:
         for model in ("preprocess", "reasoner", "ranker", "postprocess"):
-            log: list[tuple[float, float, bool]] = []
-            stop = threading.Event()
-
-            def client(cid: int) -> None:
-                c = http_client(server.http_url, timeout=60)
-                i = cid
-                while not stop.is_set():
-                    t0 = time.monotonic()
-                    r = infer_raw(c, [json.dumps(records[i % len(records)]).encode()])
-                    log.append((t0, time.monotonic(), r.ok))
-                    i += clients
-                    if not r.ok:
-                        time.sleep(0.02)  # a client backs off a little after a failure
-                c.close()
-
-            threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-            for t in threads:
-                t.start()
+            load = ClosedLoop(server.http_url, records, clients).start()
             time.sleep(3.0)
             n_events = len(served.supervisor.events)
-            pid = stub_pids(server.shm_prefix, model)[0]
+            pid = serving_stub_pid(server.shm_prefix, model, served.supervisor.expected.get(model, 1))
             killed = time.monotonic()
             os.kill(pid, signal.SIGKILL)
             trace = []
@@ -160,9 +143,8 @@ def run_recovery(export: Path, work: Path, clients: int) -> dict:
                 if time.monotonic() - killed > 3 and all(r for _t, r in trace[-10:]):
                     break
             time.sleep(2.0)
-            stop.set()
-            for t in threads:
-                t.join(timeout=60)
+            load.stop()
+            log = load.log
             after = [(s - killed, e - killed, ok) for s, e, ok in log if s >= killed]
             not_ready = [t for t, r in trace if not r]
             events = [str(e) for e in served.supervisor.events[n_events:]]

@@ -267,3 +267,50 @@ def soak(
     report.throughput = (report.good_sent + report.bad_sent) / wall
     report.problems = report.problems[:50]
     return report
+
+
+class ClosedLoop:
+    """``clients`` threads, each sending one good request (batch 1) at a time until `stop`,
+    backing off 20 ms after a failure; ``log`` holds ``(start, end, ok)`` per request
+    (monotonic seconds). The steady load the recovery test and benchmark kill a process under.
+
+    Example::
+
+        with ClosedLoop(url, records, clients=4) as load:
+            ...  # kill something
+        failed = [x for x in load.log if not x[2]]
+    """
+
+    def __init__(self, url: str, records: Sequence[Record], clients: int, timeout: float = 60.0) -> None:
+        self.url, self.records, self.clients, self.timeout = url, list(records), clients, timeout
+        self.log: list[tuple[float, float, bool]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client, args=(c,)) for c in range(clients)]
+
+    def _client(self, cid: int) -> None:
+        c = http_client(self.url, timeout=self.timeout)
+        i = cid
+        while not self._stop.is_set():
+            t0 = time.monotonic()
+            r = infer_raw(c, [json.dumps(self.records[i % len(self.records)]).encode()])
+            self.log.append((t0, time.monotonic(), r.ok))
+            i += self.clients
+            if not r.ok:
+                time.sleep(0.02)  # a client backs off a little after a failure
+        c.close()
+
+    def start(self) -> ClosedLoop:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=60)
+
+    def __enter__(self) -> ClosedLoop:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 
 import pytest
 
-from rgalign.bench.soak import http_client, infer_raw
-from rgalign.serve.server.supervisor import stub_pids
+from rgalign.bench.soak import ClosedLoop, http_client, infer_raw
+from rgalign.serve.server.supervisor import serving_stub_pid
 
 pytestmark = pytest.mark.reliability
 
@@ -21,44 +20,14 @@ RECOVERY_BOUND_S = 10.0  # SPEC §8; measured ~1 s on the 2-core machine
 CLIENTS = 4
 
 
-def _stub_pid(served, model: str) -> int:
-    """The pid of ``model``'s serving stub. A test before this one may have made the supervisor
-    reload the ensemble, whose previous stubs linger for a moment beside the new ones: killing
-    such a leftover harms nothing, so wait until exactly the configured stubs are alive."""
-    expected = served.supervisor.expected.get(model, 1)
-    deadline = time.monotonic() + 15
-    while (pids := stub_pids(served.server.shm_prefix, model)) and len(pids) != expected:
-        assert time.monotonic() < deadline, f"{model}: {len(pids)} stubs, expected {expected}"
-        time.sleep(0.05)
-    assert pids, f"no stub of {model}"
-    return pids[0]
-
-
 @pytest.mark.parametrize("model", ["reasoner", "preprocess"])
 def test_killed_stub_is_recovered_under_load(served, records, model):
     server = served.server
-    log: list[tuple[float, float, bool]] = []
-    stop = threading.Event()
-
-    def client(cid: int) -> None:
-        c = http_client(server.http_url, timeout=30)
-        i = cid
-        while not stop.is_set():
-            t0 = time.monotonic()
-            r = infer_raw(c, [json.dumps(records[i % len(records)]).encode()])
-            log.append((t0, time.monotonic(), r.ok))
-            i += CLIENTS
-            if not r.ok:
-                time.sleep(0.02)  # a client backs off a little after a failure
-        c.close()
-
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(CLIENTS)]
-    for t in threads:
-        t.start()
+    load = ClosedLoop(server.http_url, records, CLIENTS, timeout=30).start()
     time.sleep(1.0)
     events_before = len(served.supervisor.events)
     killed_at = time.monotonic()
-    os.kill(_stub_pid(served, model), signal.SIGKILL)
+    os.kill(serving_stub_pid(server.shm_prefix, model, served.supervisor.expected.get(model, 1)), signal.SIGKILL)
     ready_trace = []
     while time.monotonic() - killed_at < RECOVERY_BOUND_S + 2:
         ready_trace.append((time.monotonic() - killed_at, server.is_ready(timeout=1.0)))
@@ -66,9 +35,8 @@ def test_killed_stub_is_recovered_under_load(served, records, model):
             break
         time.sleep(0.05)
     time.sleep(1.5)
-    stop.set()
-    for t in threads:
-        t.join(timeout=60)
+    load.stop()
+    log = load.log
 
     after = [(s - killed_at, e - killed_at, ok) for s, e, ok in log if s >= killed_at]
     lost = [x for x in log if not x[2] and x[0] < killed_at]  # in flight when the stub died

@@ -102,6 +102,18 @@ def stub_pids(shm_prefix: str, model: str) -> list[int]:
     ]
 
 
+def serving_stub_pid(shm_prefix: str, model: str, expected: int, timeout: float = 15.0) -> int:
+    """The pid of one of ``model``'s serving stubs. After a reload the previous stubs linger a
+    moment beside the new ones (killing such a leftover harms nothing), so this waits until
+    exactly ``expected`` (the configured instance count) are alive."""
+    deadline = time.monotonic() + timeout
+    while len(pids := stub_pids(shm_prefix, model)) != expected:
+        if time.monotonic() > deadline:
+            raise ServeError(f"{model}: {len(pids)} live stubs after {timeout:.0f} s, expected {expected}")
+        time.sleep(0.05)
+    return pids[0]
+
+
 def stub_counts(shm_prefix: str) -> Counter[str]:
     """Live python-backend stubs of the server whose shm prefix is ``shm_prefix``, per model."""
     counts: Counter[str] = Counter()
