@@ -7,11 +7,13 @@ tritonclient wheels after 2.51 dropped the binary, but the tritonclient **2.51.0
 glibc 2.36 given ``libb64.so.0d`` and ``libcudart.so.12``. The nvidia-pytriton wheel ships both in
 ``nvidia_pytriton.libs/`` under hashed names, so `install` downloads the pinned wheel with pip
 (``pip download --no-deps``: nothing is installed in the environment; the client library stays
-the venv's tritonclient), extracts the binary into rgalign's cache folder, and puts symlinks with
-the plain names in a ``libs/`` folder beside it that `environment` adds to ``LD_LIBRARY_PATH``.
+the venv's tritonclient), extracts the binary into rgalign's cache folder, and copies the two libraries under their
+plain names into a ``libs/`` folder beside it that `environment` adds to ``LD_LIBRARY_PATH``
+(copies, so that deleting the venv that installed it breaks nothing; `environment` repairs a
+folder that lacks them).
 
     ~/.cache/rgalign/perf_analyzer-2.51.0/bin/perf_analyzer
-    ~/.cache/rgalign/perf_analyzer-2.51.0/libs/libb64.so.0d -> .../nvidia_pytriton.libs/libb64-*.so.0d
+    ~/.cache/rgalign/perf_analyzer-2.51.0/libs/libb64.so.0d   (a copy of nvidia_pytriton.libs/libb64-*.so.0d)
 
 What it is fed: ``--input-data FILE`` of ``{"data": [{"features": {"content": [JSON], "shape":
 [1]}}, ...]}``, one raw request (batch 1) per entry, cycled (`input_data`); it stops at the first
@@ -68,21 +70,29 @@ def _pytriton_libs() -> Path | None:
 
 
 def _link_libs(libs_dir: Path) -> list[str]:
-    """Symlinks with the plain library names in ``libs_dir``; returns the names it could not
-    find in the nvidia-pytriton wheel."""
+    """Copies of the nvidia-pytriton libraries under their plain names in ``libs_dir``; returns
+    the names it could not find in the wheel.
+
+    Copies, not symlinks: the install folder is shared by every venv of the user, and a link into
+    one venv breaks when that venv is deleted (a CI clone, a removed worktree). Both files are
+    small (13 kB and 0.7 MB). Each is written to a temporary name and renamed, so a run that reads
+    the folder meanwhile sees the old file or the new one."""
     source = _pytriton_libs()
     missing = []
     libs_dir.mkdir(parents=True, exist_ok=True)
     for plain, pattern in _LIBS.items():
         found = sorted(source.glob(pattern)) if source else []
-        link = libs_dir / plain
-        with contextlib.suppress(FileNotFoundError):
-            link.unlink()
-        if found:
-            link.symlink_to(found[0])
-        else:
+        if not found:
             missing.append(plain)
+            continue
+        tmp = libs_dir / f".{plain}.{os.getpid()}.tmp"
+        shutil.copyfile(found[0], tmp)
+        os.replace(tmp, libs_dir / plain)
     return missing
+
+
+def _libs_usable(libs_dir: Path) -> bool:
+    return all((libs_dir / plain).is_file() for plain in _LIBS)  # is_file follows (broken) links
 
 
 def install(wheel: str | os.PathLike | None = None, force: bool = False) -> Path:
@@ -153,8 +163,11 @@ def find() -> tuple[Path | None, str]:
 
 def environment(binary: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment to run ``binary`` in: ``libs/`` beside its ``bin/`` (the plain-named
-    symlinks) and the nvidia-pytriton libraries on ``LD_LIBRARY_PATH``."""
+    copies, restored when missing or dangling) and the nvidia-pytriton libraries on ``LD_LIBRARY_PATH``."""
     env = dict(os.environ if base is None else base)
+    libs = Path(binary).parent.parent / "libs"
+    if libs.is_dir() and not _libs_usable(libs):
+        _link_libs(libs)  # e.g. links left by an older rgalign into a venv since deleted
     paths = [str(p) for p in (Path(binary).parent.parent / "libs", _pytriton_libs()) if p and p.is_dir()]
     if env.get("LD_LIBRARY_PATH"):
         paths.append(env["LD_LIBRARY_PATH"])

@@ -111,6 +111,20 @@ def test_environment_puts_the_plain_named_libs_first(tmp_path: Path):
     assert parts[0] == str(tmp_path / "libs") and parts[-1] == "/old"
 
 
+def test_environment_repairs_libs_that_point_into_a_deleted_venv(tmp_path: Path):
+    if pa._pytriton_libs() is None:
+        pytest.skip("nvidia-pytriton is not installed: no libraries to copy")
+    (tmp_path / "bin").mkdir()
+    libs = tmp_path / "libs"
+    libs.mkdir()
+    for plain in pa._LIBS:  # what an older install left: links into a venv that is gone
+        (libs / plain).symlink_to(tmp_path / "deleted-venv" / plain)
+    pa.environment(tmp_path / "bin" / "perf_analyzer", {})
+    for plain in pa._LIBS:
+        assert (libs / plain).is_file() and not (libs / plain).is_symlink()
+        assert (libs / plain).stat().st_size > 1000
+
+
 def test_find_honours_the_environment_variable(tmp_path: Path, monkeypatch):
     monkeypatch.setenv(pa.ENV_VAR, str(tmp_path / "nope"))
     binary, why = pa.find()
