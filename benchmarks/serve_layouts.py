@@ -2,7 +2,7 @@
 in-process `Pipeline`, measured in one run with NVIDIA's perf_analyzer.
 
     .venv/bin/python benchmarks/serve_layouts.py EXPORT [--precision int8] [--threads 1]
-        [--interval-ms 2000] [--out benchmarks/results/serve_layouts.json]
+        [--interval-ms 2000] [--throughput-configs fused:2:2000] [--out benchmarks/results/serve_layouts.json]
 
 In this order, on the same machine:
 
@@ -15,7 +15,12 @@ In this order, on the same machine:
    8 hot requests (the other half unique), and at 16 on all-unique requests, with the in-process
    batch-1 latency measured again before each c=1 run: on a machine whose load drifts, every
    path sees the same drift; medians over the rounds. The cache's hit rate from the metrics
-   endpoint; RSS and PSS of each server and its stubs;
+   endpoint; RSS and PSS of each server and its stubs; the cores the server (with its stubs)
+   and perf_analyzer each kept busy during every run (on 2 cores the load generator takes its
+   share from the server);
+   ``--throughput-configs`` adds deployments measured at c=16 only (default: fused with 2
+   instances and a 2 ms queue delay, the throughput end of `rgalign tune`'s frontier): the
+   saturation ratio takes the best configuration, named in ``ratios``;
 3. the in-process batched throughput again (the best of both is kept).
 
 Figures on a shared machine move with its load (``load_average`` is recorded before and after):
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import resource
 import json
 import os
 import platform
@@ -37,7 +43,7 @@ import numpy as np
 
 from rgalign.bench import perf_analyzer as pa
 from rgalign.bench.target import resolve_target
-from rgalign.bench.tune import server_memory_mb
+from rgalign.bench.tune import process_cpu_seconds, server_memory_mb, server_pids
 from rgalign.inference import Pipeline
 from rgalign.serve.server.cache import read_stats, server_args
 from rgalign.serve.repository.deploy import DeployOptions, deploy
@@ -61,15 +67,29 @@ def inprocess_latency(pipe: Pipeline, records: list[dict], n: int = 400, warmup:
             "n": n}
 
 
-def inprocess_throughput(pipe: Pipeline, records: list[dict], batch: int, seconds: float = 2.0) -> float:
+def inprocess_throughput(pipe: Pipeline, records: list[dict], batch: int, seconds: float = 2.0) -> tuple[float, float]:
+    """(requests / s, cores this process kept busy) over ``seconds`` of back-to-back batches."""
     pipe(records[:batch], k=10)
-    done, i, start = 0, 0, time.perf_counter()
+    done, i, start, cpu = 0, 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         chunk = [records[(i + j) % len(records)] for j in range(batch)]
         pipe(chunk, k=10)
         done += batch
         i += batch
-    return round(done / (time.perf_counter() - start), 1)
+    wall = time.perf_counter() - start
+    return round(done / wall, 1), round((time.process_time() - cpu) / wall, 3)
+
+
+def measured(binary, srv, data, concurrency: int, settings) -> dict:
+    """One perf_analyzer run, with the cores the server (its process and stubs) and the load
+    generator kept busy over it: on 2 cores the generator's share is not the server's to use."""
+    pids = server_pids(srv)
+    cpu0, child0, t0 = process_cpu_seconds(pids), resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    got = pa.run(binary, srv.http_address, data, concurrency=concurrency, settings=settings)
+    cpu1, child1, wall = process_cpu_seconds(pids), resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter() - t0
+    got["server_cores"] = round((cpu1 - cpu0) / wall, 3)
+    got["client_cores"] = round((child1.ru_utime + child1.ru_stime - child0.ru_utime - child0.ru_stime) / wall, 3)
+    return got
 
 
 def _median(values: list[float]) -> float:
@@ -84,6 +104,9 @@ def main() -> None:
     ap.add_argument("--interval-ms", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--layouts", default="fused,ensemble")
+    ap.add_argument("--throughput-configs", default="fused:2:2000",
+                    help="extra deployments measured at c=16 only, LAYOUT:INSTANCES:QUEUE_DELAY_US,...: "
+                         "the throughput end of `rgalign tune`'s frontier ('' for none)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/serve_layouts.json"))
     args = ap.parse_args()
 
@@ -103,8 +126,15 @@ def main() -> None:
     pipes = {t: (pipe if t == args.threads else Pipeline.from_export(args.export, args.precision, threads=t))
              for t in sorted({1, 2, args.threads})}
 
+    cores: dict[str, list[float]] = {}
+
     def batched() -> dict[str, float]:
-        return {f"t{t}-b{b}": inprocess_throughput(p, records, b) for t, p in pipes.items() for b in BATCHES}
+        out = {}
+        for t, p in pipes.items():
+            for b in BATCHES:
+                out[f"t{t}-b{b}"], used = inprocess_throughput(p, records, b)
+                cores.setdefault(f"t{t}-b{b}", []).append(used)
+        return out
 
     inproc: dict = {"batch1": [], "throughput_before": batched()}
     served: dict = {}
@@ -118,25 +148,37 @@ def main() -> None:
                 srv = TritonServer(repo, log_file=Path(tmp) / f"{key}.log", extra_args=server_args(cache_mb))
                 servers[key] = stack.enter_context(srv)
                 served[key] = {"layout": layout, "cache_mb": cache_mb, "runs": {}, "cache": {}}
+        throughput_only = set()
+        for spec in filter(None, args.throughput_configs.split(",")):
+            layout, instances, delay = spec.split(":")
+            key = f"{layout}-i{instances}-d{delay}"
+            repo = Path(tmp) / key
+            deploy(args.export, repo, DeployOptions(layout=layout, precision=args.precision, threads=args.threads,
+                                                    instances=int(instances), queue_delay_us=int(delay)))
+            servers[key] = stack.enter_context(TritonServer(repo, log_file=Path(tmp) / f"{key}.log"))
+            served[key] = {"layout": layout, "cache_mb": 0, "instances": int(instances), "queue_delay_us": int(delay),
+                           "runs": {}, "cache": {}}
+            throughput_only.add(key)
         # Rounds: every configuration and the in-process pipeline in turn, so that each sees the
         # same drift of the machine's load; medians over the rounds.
         for r in range(args.rounds):
             for c in CONCURRENCIES:
                 for key, srv in servers.items():
+                    if key in throughput_only and c != max(CONCURRENCIES):
+                        continue
                     print(f"round {r}, c={c}, {key} ...", flush=True)
                     if c == 1:
                         inproc["batch1"].append(inprocess_latency(pipe, records, n=200, warmup=5))
                     before = read_stats(srv.metrics_url)
                     data = pa.input_data(records, n=40_000, repeated=0.5, seed=c + 100 * r, tag=f"{key}-r{r}-c{c}-")
-                    got = pa.run(binary, srv.http_address, data, concurrency=c, settings=settings)
+                    got = measured(binary, srv, data, c, settings)
                     served[key]["runs"].setdefault(f"c{c}", []).append(got)
                     served[key]["cache"].setdefault(f"c{c}", []).append((read_stats(srv.metrics_url) - before).to_dict())
             for key, srv in servers.items():
                 print(f"round {r}, unique c=16, {key} ...", flush=True)
                 before = read_stats(srv.metrics_url)
                 data = pa.input_data(records, n=40_000, repeated=0.0, tag=f"{key}-r{r}-unique-")
-                served[key]["runs"].setdefault("unique_c16", []).append(
-                    pa.run(binary, srv.http_address, data, concurrency=16, settings=settings))
+                served[key]["runs"].setdefault("unique_c16", []).append(measured(binary, srv, data, 16, settings))
                 served[key]["cache"].setdefault("unique_c16", []).append((read_stats(srv.metrics_url) - before).to_dict())
         for key, srv in servers.items():
             served[key]["memory"] = server_memory_mb(srv)
@@ -146,17 +188,29 @@ def main() -> None:
     inproc["p50_ms"] = _median([x["p50_ms"] for x in inproc["batch1"]])
     inproc["p99_ms"] = _median([x["p99_ms"] for x in inproc["batch1"]])
     inproc["best_throughput"] = max([*inproc["throughput_before"].values(), *inproc["throughput_after"].values()])
+    inproc["cores"] = cores
+    best = max(inproc["throughput_before"], key=lambda k: max(inproc["throughput_before"][k], inproc["throughput_after"][k]))
+    inproc["best_config"] = best
+    # CPU time per request: what a request costs whoever runs it, beside the load generator's share
+    inproc["best_cpu_ms_per_request"] = round(1e3 * _median(cores[best]) / inproc["best_throughput"], 3)
     result["inprocess"] = inproc
     table = {}
     for key, row in served.items():
         runs = row["runs"]
         hits = {k: sum(x["hits"] for x in v) / max(1, sum(x["hits"] + x["misses"] for x in v)) if row["cache_mb"] else None
                 for k, v in row["cache"].items()}
+        def med(name: str, field: str) -> float | None:
+            return _median([x[field] for x in runs[name]]) if name in runs else None
+
         table[key] = {
-            "p50_c1_ms": _median([x["p50_ms"] for x in runs["c1"]]),
-            "p99_c1_ms": _median([x["p99_ms"] for x in runs["c1"]]),
-            **{f"rps_c{c}": _median([x["throughput"] for x in runs[f"c{c}"]]) for c in CONCURRENCIES},
-            "rps_unique_c16": _median([x["throughput"] for x in runs["unique_c16"]]),
+            "p50_c1_ms": med("c1", "p50_ms"),
+            "p99_c1_ms": med("c1", "p99_ms"),
+            **{f"rps_c{c}": med(f"c{c}", "throughput") for c in CONCURRENCIES},
+            "rps_unique_c16": med("unique_c16", "throughput"),
+            "server_cores_c16": med("c16", "server_cores"),
+            "client_cores_c16": med("c16", "client_cores"),
+            "server_cpu_ms_per_request_c16": (round(1e3 * med("c16", "server_cores") / med("c16", "throughput"), 3)
+                                              if "c16" in runs else None),
             "hit_rate_50pct_c16": hits.get("c16"), "hit_rate_unique_c16": hits.get("unique_c16"),
             "unstable_runs": sum(not x["stable"] for v in runs.values() for x in v),
             "memory": row["memory"],
@@ -164,9 +218,12 @@ def main() -> None:
     result["served"] = served
     result["table"] = table
     result["ratios"] = {
-        **{f"{k}_p50_above_inprocess_ms": round(v["p50_c1_ms"] - inproc["p50_ms"], 3) for k, v in table.items()},
+        **{f"{k}_p50_above_inprocess_ms": round(v["p50_c1_ms"] - inproc["p50_ms"], 3)
+           for k, v in table.items() if v["p50_c1_ms"] is not None},
         "best_served_vs_inprocess_batched": round(
-            max(max(v["rps_c16"], v["rps_c4"]) for k, v in table.items() if "cache" not in k) / inproc["best_throughput"], 3),
+            max(max(v["rps_c16"], v["rps_c4"] or 0) for k, v in table.items() if "cache" not in k)
+            / inproc["best_throughput"], 3),
+        "best_served_config": max((k for k in table if "cache" not in k), key=lambda k: table[k]["rps_c16"]),
         **{f"{layout}_cache_vs_none_50pct_c16": round(table[f"{layout}+cache"]["rps_c16"] / table[layout]["rps_c16"], 3)
            for layout in layouts},
     }

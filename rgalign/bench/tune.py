@@ -93,12 +93,30 @@ def process_memory_mb(pids: Sequence[int]) -> dict[str, float]:
     return {"rss_mb": round(rss / 1024, 1), "pss_mb": round(pss / 1024, 1), "processes": len(pids)}
 
 
-def server_memory_mb(server: Any) -> dict[str, float]:
-    """`process_memory_mb` of a running `TritonServer` and its python-backend stubs."""
+def server_pids(server: Any) -> list[int]:
+    """A running `TritonServer`'s process and its python-backend stubs."""
     from rgalign.serve.server import find_processes
 
-    pids = sorted(set(find_processes(server.pid, server.shm_prefix)) | {server.pid})
-    return process_memory_mb(pids)
+    return sorted(set(find_processes(server.pid, server.shm_prefix)) | {server.pid})
+
+
+def server_memory_mb(server: Any) -> dict[str, float]:
+    """`process_memory_mb` of a running `TritonServer` and its python-backend stubs."""
+    return process_memory_mb(server_pids(server))
+
+
+def process_cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU seconds ``pids`` have used so far (``/proc/PID/stat``; an exited
+    process counts 0): the difference over a measurement, divided by its wall time, is how many
+    cores they kept busy."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def pareto(points: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

@@ -32,7 +32,7 @@ def deploy_cmd(
     instances: int = typer.Option(1, "--instances", min=1, help="Instances of each step model."),
     max_batch: int = typer.Option(16, "--max-batch", min=1, help="Largest batch a request or a dynamic batch may have."),
     queue_delay_us: int = typer.Option(
-        100, "--queue-delay-us", min=0, help="Dynamic batching: longest wait for more requests (µs)."
+        0, "--queue-delay-us", min=0, help="Dynamic batching: longest wait for more requests (µs)."
     ),
     threads: int = typer.Option(
         0, "--threads", min=0, help="ONNX Runtime threads per model (python backend; 0: one per core)."

@@ -35,7 +35,7 @@ def tune_cmd(
     layouts: str = typer.Option("fused,ensemble", "--layouts", help="Layouts to sweep."),
     instances: str = typer.Option("1,2", "--instances", help="Instances per model to sweep."),
     max_batch: str = typer.Option("4,16", "--max-batch", help="Max batch sizes to sweep."),
-    queue_delay_us: str = typer.Option("100,2000", "--queue-delay-us", help="Max queue delays (µs) to sweep."),
+    queue_delay_us: str = typer.Option("0,2000", "--queue-delay-us", help="Max queue delays (µs) to sweep."),
     concurrency: str = typer.Option("1,4,16", "--concurrency", help="Concurrencies perf_analyzer measures."),
     interval_ms: int = typer.Option(2000, "--interval-ms", min=100, help="perf_analyzer's measurement window (ms)."),
     records: Path | None = typer.Option(None, "--records", help="Raw requests to send (default: the run's dataset)."),

@@ -3,7 +3,11 @@ the latency budget, the grid."""
 
 from __future__ import annotations
 
-from rgalign.bench.tune import Goal, Grid, choose, name_of, pareto
+import os
+import subprocess
+import time
+
+from rgalign.bench.tune import Goal, Grid, choose, name_of, pareto, process_cpu_seconds
 
 
 def _m(config, c, rps, p99, status="OK"):
@@ -35,3 +39,14 @@ def test_grid_points():
     grid = Grid(layouts=("fused",), instances=(1, 2), max_batch=(8,), queue_delay_us=(0, 500))
     points = grid.points()
     assert len(points) == 4 and name_of(points[-1]) == "fused-i2-b8-d500"
+
+
+def test_process_cpu_seconds_counts_this_process_and_skips_an_exited_one():
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    before = process_cpu_seconds([os.getpid(), gone.pid])
+    end = time.process_time() + 0.3
+    while time.process_time() < end:  # 0.3 s of CPU, whatever the machine's load
+        pass
+    used = process_cpu_seconds([os.getpid(), gone.pid]) - before
+    assert 0.25 <= used <= 1.0

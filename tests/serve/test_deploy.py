@@ -45,7 +45,7 @@ def test_python_backend_repository(serve_repo, serve_export):
         assert cfg.name == name and cfg.backend == "python"
         assert cfg.max_batch_size == 8
         assert list(cfg.dynamic_batching.preferred_batch_size) == [4, 8]
-        assert cfg.dynamic_batching.max_queue_delay_microseconds == 100
+        assert cfg.dynamic_batching.max_queue_delay_microseconds == 0  # the default: a lone request does not wait
         assert [(g.count, g.kind) for g in cfg.instance_group] == [(1, mc.ModelInstanceGroup.KIND_CPU)]
         (warmup,) = cfg.model_warmup
         assert warmup.batch_size == 1 and warmup.count == 2

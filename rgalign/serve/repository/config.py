@@ -137,12 +137,12 @@ def model_output(spec: TensorSpec) -> mc.ModelOutput:
 
 def dynamic_batching(
     preferred_batch_sizes: Sequence[int] = (),
-    max_queue_delay_microseconds: int = 100,
+    max_queue_delay_microseconds: int = 0,
     preserve_ordering: bool = False,
 ) -> mc.ModelDynamicBatching:
-    """Triton's dynamic batcher. The default delay, 100 µs, lets requests that arrive together
-    share a batch while adding next to nothing to a lone request's latency; raise it for
-    throughput under load."""
+    """Triton's dynamic batcher. The default delay, 0, sends a lone request on at once; a busy
+    instance still batches whatever queued meanwhile (see `DeployOptions` for the measurement).
+    Raise it where requests arrive too sparsely to overlap a model call."""
     if max_queue_delay_microseconds < 0:
         raise ConfigError("max_queue_delay_microseconds must be >= 0")
     return mc.ModelDynamicBatching(
