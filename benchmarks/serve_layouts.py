@@ -18,6 +18,8 @@ In this order, on the same machine:
    endpoint; RSS and PSS of each server and its stubs; the cores the server (with its stubs)
    and perf_analyzer each kept busy during every run (on 2 cores the load generator takes its
    share from the server);
+   ``--floor`` (default) adds an echo model with the fused layout's contract and no pipeline,
+   the cost of HTTP, scheduling and the stub round trip alone;
    ``--throughput-configs`` adds deployments measured at c=16 only (default: fused with 2
    instances and a 2 ms queue delay, the throughput end of `rgalign tune`'s frontier): the
    saturation ratio takes the best configuration, named in ``ratios``;
@@ -48,6 +50,27 @@ from rgalign.inference import Pipeline
 from rgalign.serve.server.cache import read_stats, server_args
 from rgalign.serve.repository.deploy import DeployOptions, deploy
 from rgalign.serve.server import TritonServer
+
+# The floor under any python-backend layout: the fused deployment's config (same inputs,
+# outputs, batching) with a model.py that reads each request's input and answers k fixed
+# intents: HTTP, the scheduler, the stub round trip and the BYTES tensors, and no pipeline.
+ECHO_MODEL = """import numpy as np
+import triton_python_backend_utils as pb_utils
+
+IDS = np.array([[b"intent-%d" % i for i in range(10)]], dtype=object)
+SCORES = np.linspace(1.0, 0.1, 10, dtype=np.float32)[None, :]
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for request in requests:
+            n = pb_utils.get_input_tensor_by_name(request, "features").as_numpy().shape[0]
+            out.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("intent_ids", np.repeat(IDS, n, axis=0)),
+                pb_utils.Tensor("scores", np.repeat(SCORES, n, axis=0))]))
+        return out
+"""
 
 CONCURRENCIES = (1, 4, 16)
 BATCHES = (1, 4, 8, 16)
@@ -104,6 +127,8 @@ def main() -> None:
     ap.add_argument("--interval-ms", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--layouts", default="fused,ensemble")
+    ap.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                    help="also serve an echo model with the fused contract: the python backend's own cost")
     ap.add_argument("--throughput-configs", default="fused:2:2000",
                     help="extra deployments measured at c=16 only, LAYOUT:INSTANCES:QUEUE_DELAY_US,...: "
                          "the throughput end of `rgalign tune`'s frontier ('' for none)")
@@ -148,6 +173,12 @@ def main() -> None:
                 srv = TritonServer(repo, log_file=Path(tmp) / f"{key}.log", extra_args=server_args(cache_mb))
                 servers[key] = stack.enter_context(srv)
                 served[key] = {"layout": layout, "cache_mb": cache_mb, "runs": {}, "cache": {}}
+        if args.floor:
+            repo = Path(tmp) / "echo"
+            deploy(args.export, repo, DeployOptions(layout="fused", precision=args.precision, threads=args.threads))
+            (repo / "rgalign" / "1" / "model.py").write_text(ECHO_MODEL, encoding="utf-8")
+            servers["echo"] = stack.enter_context(TritonServer(repo, log_file=Path(tmp) / "echo.log"))
+            served["echo"] = {"layout": "echo (no pipeline)", "cache_mb": 0, "runs": {}, "cache": {}}
         throughput_only = set()
         for spec in filter(None, args.throughput_configs.split(",")):
             layout, instances, delay = spec.split(":")
@@ -221,9 +252,12 @@ def main() -> None:
         **{f"{k}_p50_above_inprocess_ms": round(v["p50_c1_ms"] - inproc["p50_ms"], 3)
            for k, v in table.items() if v["p50_c1_ms"] is not None},
         "best_served_vs_inprocess_batched": round(
-            max(max(v["rps_c16"], v["rps_c4"] or 0) for k, v in table.items() if "cache" not in k)
+            max(max(v["rps_c16"], v["rps_c4"] or 0) for k, v in table.items() if "cache" not in k and k != "echo")
             / inproc["best_throughput"], 3),
-        "best_served_config": max((k for k in table if "cache" not in k), key=lambda k: table[k]["rps_c16"]),
+        **({f"{k}_p50_above_echo_ms": round(v["p50_c1_ms"] - table["echo"]["p50_c1_ms"], 3)
+            for k, v in table.items() if "echo" in table and k != "echo" and v["p50_c1_ms"] is not None}),
+        "best_served_config": max((k for k in table if "cache" not in k and k != "echo"),
+                                  key=lambda k: table[k]["rps_c16"]),
         **{f"{layout}_cache_vs_none_50pct_c16": round(table[f"{layout}+cache"]["rps_c16"] / table[layout]["rps_c16"], 3)
            for layout in layouts},
     }
