@@ -29,6 +29,8 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     strategy: str = "auto"
+    # steps between resumable training states of a sharded stage (0: none); see global_sft
+    checkpoint_every: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -39,13 +41,13 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(strategy: str = "auto") -> DistInfo:
+def init_distributed(strategy: str = "auto", checkpoint_every: int = 0) -> DistInfo:
     """Join the process group that torchrun describes in the environment (WORLD_SIZE > 1)."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"--dist {strategy!r}: choose one of {', '.join(STRATEGIES)}")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return DistInfo(strategy=strategy)
+        return DistInfo(strategy=strategy, checkpoint_every=checkpoint_every)
     if not dist.is_initialized():
         backend = "gloo"
         if torch.cuda.is_available():  # one GPU per process: torchrun numbers them per node
@@ -53,7 +55,8 @@ def init_distributed(strategy: str = "auto") -> DistInfo:
             # NCCL for CUDA tensors, gloo for the CPU ones (metrics, counts, the rankers' loops)
             backend = "cpu:gloo,cuda:nccl"
         dist.init_process_group(backend=backend)
-    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), strategy=strategy)
+    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), strategy=strategy,
+                    checkpoint_every=checkpoint_every)
 
 
 def device(info: DistInfo) -> torch.device:

@@ -17,7 +17,10 @@ widths): losses agree to ~1e-6 relative (tests/unit/test_training_parallel.py).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -27,7 +30,7 @@ from torch import nn
 
 from rgalign.errors import TrainError
 from rgalign.models.tokenizer import IGNORE_INDEX, encode_pairs
-from rgalign.training import train_state
+from rgalign.training import loops, train_state
 from rgalign.training.distributed import DistInfo, all_reduce_sum, rank_slice
 from rgalign.training.loops import LossLog, SFTResult, epoch_batches, pair_lengths, progress
 from rgalign.training.parallel import wrap_for_training
@@ -57,6 +60,25 @@ class LMLoss(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.reasoner.lm_loss(input_ids, attention_mask, labels)
+
+
+def sft_for_stage(dist: DistInfo, state_dir: Path):
+    """The SFT loop a stage uses: `loops.train_sft` on one process (its results unchanged), else
+    `train_sft_global` (the same update on any number of processes, DDP or FSDP2), writing a
+    resumable state to ``state_dir`` every ``dist.checkpoint_every`` steps (removed by
+    `drop_stage_state` once the stage is saved)."""
+    if not dist.enabled:
+        return loops.train_sft
+    return functools.partial(train_sft_global, checkpoint_dir=state_dir if dist.checkpoint_every else None,
+                             checkpoint_every=dist.checkpoint_every)
+
+
+def drop_stage_state(dist: DistInfo, state_dir: Path) -> None:
+    """Remove a finished stage's training state (rank 0)."""
+    if dist.is_main and state_dir.is_dir():
+        shutil.rmtree(state_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            state_dir.parent.rmdir()  # the run's train_state/ folder, once empty
 
 
 def train_sft_global(

@@ -58,6 +58,12 @@ def resolve_strategy(module: nn.Module, dist: DistInfo) -> str:
     return "fsdp" if parameter_count(module) >= FSDP_AUTO_PARAMS else "ddp"
 
 
+def dist_record(dist: DistInfo, module: nn.Module) -> dict[str, object]:
+    """How a stage trained ``module``, for its stage.json: processes and strategy."""
+    return {"world_size": dist.world_size, "strategy": resolve_strategy(module, dist),
+            "parameters": parameter_count(module)}
+
+
 @dataclass
 class TrainWrap:
     """A module made ready for multi-process training.
