@@ -22,6 +22,7 @@ import functools
 import math
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,7 @@ def train_sft_global(
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 0,
     stop_after: int | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> SFTResult:
     """Causal-LM SFT (loss on target tokens) over ``epochs`` passes in global batches of
     ``batch_size``, DDP or FSDP2 as ``dist.strategy`` says (`parallel.wrap_for_training`).
@@ -106,7 +108,9 @@ def train_sft_global(
     ``checkpoint_every`` steps (0: only when stopping) and at the end. ``stop_after``: stop
     after this many steps in all (the schedule still spans every epoch): an interruption, for
     tests and for jobs with a time limit. The returned log holds every step's loss, the
-    resumed ones included.
+    resumed ones included. ``autocast``: a context factory the forward passes run in (as
+    `loops.train_sft`'s, e.g. bf16 autocast); the trainable parameters are those that require
+    grad (LoRA adapters, or all).
     """
     # the latent projection gets no gradient from the LM loss: DDP must be told
     wrap = wrap_for_training(LMLoss(reasoner), dist, find_unused=True, release_original=True)
@@ -146,7 +150,8 @@ def train_sft_global(
             order = rng.permutation(len(prompts))
             batches = epoch_batches(order, batch_size, steps_per_epoch, rng, lengths)
             for batch in batches[first:]:
-                loss = _step(wrap, opt, tokenizer, prompts, targets, batch, max_len, dist, dev, lr * lr_factor(step, total))
+                loss = _step(wrap, opt, tokenizer, prompts, targets, batch, max_len, dist, dev, lr * lr_factor(step, total),
+                             autocast)
                 step += 1
                 n_examples += len(batch)
                 n_tokens += loss[1]
@@ -166,7 +171,7 @@ def train_sft_global(
     return SFTResult(seconds, n_examples / seconds, n_tokens / seconds, final, log)
 
 
-def _step(wrap, opt, tokenizer, prompts, targets, batch, max_len, dist, dev, lr) -> tuple[float, int]:
+def _step(wrap, opt, tokenizer, prompts, targets, batch, max_len, dist, dev, lr, autocast) -> tuple[float, int]:
     """One optimizer step on the global ``batch``: (its token-mean loss, its label tokens)."""
     local, weight = rank_slice(batch, dist), 1.0
     if len(local) == 0:
@@ -176,8 +181,9 @@ def _step(wrap, opt, tokenizer, prompts, targets, batch, max_len, dist, dev, lr)
     n_global = all_reduce_sum(n_local, dist)
     for g in opt.param_groups:
         g["lr"] = lr
-    mean = wrap.module(enc["input_ids"].to(dev), enc["attention_mask"].to(dev), enc["labels"].to(dev))
-    mean = torch.nan_to_num(mean)  # a row whose target was cut away has no label token
+    with autocast():
+        mean = wrap.module(enc["input_ids"].to(dev), enc["attention_mask"].to(dev), enc["labels"].to(dev))
+    mean = torch.nan_to_num(mean.float())  # a row whose target was cut away has no label token
     scale = n_local * dist.world_size / max(n_global, 1.0)
     opt.zero_grad(set_to_none=True)
     (mean * scale).backward()
