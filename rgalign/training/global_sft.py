@@ -64,13 +64,15 @@ class LMLoss(nn.Module):
 
 
 def sft_for_stage(dist: DistInfo, state_dir: Path):
-    """The SFT loop a stage uses: `loops.train_sft` on one process (its results unchanged), else
-    `train_sft_global` (the same update on any number of processes, DDP or FSDP2), writing a
-    resumable state to ``state_dir`` every ``dist.checkpoint_every`` steps (removed by
-    `drop_stage_state` once the stage is saved)."""
-    if not dist.enabled:
+    """The SFT loop a stage uses: `train_sft_global` under torchrun (the same update on any
+    number of processes, DDP or FSDP2), with ``--checkpoint-every`` (a resumable state in
+    ``state_dir`` every ``dist.checkpoint_every`` steps, removed by `drop_stage_state` once the
+    stage is saved), or when ``state_dir`` holds a state to resume (one written by another number
+    of processes); else `loops.train_sft`, so a plain one-process run's results do not move."""
+    resumable = bool(dist.checkpoint_every) or train_state.exists(state_dir)
+    if not dist.enabled and not resumable:
         return loops.train_sft
-    return functools.partial(train_sft_global, checkpoint_dir=state_dir if dist.checkpoint_every else None,
+    return functools.partial(train_sft_global, checkpoint_dir=state_dir if resumable else None,
                              checkpoint_every=dist.checkpoint_every)
 
 

@@ -68,11 +68,13 @@ def runs(tmp_path_factory) -> dict[str, list[float]]:
     out = {"one": parallel_worker.run_job({"strategy": "auto"}, one)}
     parallel_worker.run_job({"strategy": "auto", "checkpoint": str(tmp / "state1"), "stop_after": STOP}, one)
     shutil.copytree(tmp / "state1", tmp / "state1to2")
+    shutil.copytree(tmp / "state1", tmp / "state1to2ddp")
     two = [
         {"strategy": "fsdp", "losses": str(tmp / "fsdp.json")},
         {"strategy": "ddp", "losses": str(tmp / "ddp.json")},
         {"strategy": "fsdp", "checkpoint": str(tmp / "state2"), "stop_after": STOP},
         {"strategy": "fsdp", "checkpoint": str(tmp / "state1to2"), "losses": str(tmp / "resume1to2.json")},
+        {"strategy": "ddp", "checkpoint": str(tmp / "state1to2ddp"), "losses": str(tmp / "resume1to2ddp.json")},
     ]
     procs = [_torchrun(["--standalone", "--nproc_per_node", "2", "--master_port", str(_free_port())],
                        _jobs(tmp, "two", two))]
@@ -81,7 +83,7 @@ def runs(tmp_path_factory) -> dict[str, list[float]]:
     procs += [_torchrun(["--nnodes", "2", "--nproc_per_node", "1", "--node-rank", str(n), "--rdzv-backend", "c10d",
                          "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "rgalign-test"], nodes) for n in (0, 1)]
     _wait(procs)
-    for name in ("fsdp", "ddp", "resume1to2", "nodes"):
+    for name in ("fsdp", "ddp", "resume1to2", "resume1to2ddp", "nodes"):
         out[name] = json.loads((tmp / f"{name}.json").read_text())
     out["resume2to1"] = parallel_worker.run_job({"strategy": "auto", "checkpoint": str(tmp / "state2")}, one)
     out["state_files"] = sorted(p.name for p in (tmp / "state2").iterdir())
@@ -97,7 +99,7 @@ def test_two_processes_give_the_losses_of_one(runs, name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["resume2to1", "resume1to2"])
+@pytest.mark.parametrize("name", ["resume2to1", "resume1to2", "resume1to2ddp"])
 def test_a_state_resumes_on_another_world_size(runs, name):
     """Stopped after 4 steps on one world size, resumed on the other: the continued losses are
     those of the uninterrupted run (the log carries the first 4 from the state)."""
@@ -108,6 +110,22 @@ def test_a_state_resumes_on_another_world_size(runs, name):
 @pytest.mark.slow
 def test_the_state_holds_no_pickle(runs):
     assert runs["state_files"] == ["model.safetensors", "optimizer.safetensors", "train_state.json"]
+
+
+def test_a_stage_picks_its_loop(tmp_path):
+    """One process without --checkpoint-every keeps loops.train_sft (its results unchanged);
+    torchrun, --checkpoint-every or a state left to resume take the global-batch loop."""
+    from rgalign.training import loops, train_state
+    from rgalign.training.global_sft import sft_for_stage, train_sft_global
+
+    state = tmp_path / "train_state" / "1-warmup"
+    assert sft_for_stage(DistInfo(), state) is loops.train_sft
+    two = sft_for_stage(DistInfo(0, 2, "auto"), state)
+    assert two.func is train_sft_global and two.keywords["checkpoint_dir"] is None
+    assert sft_for_stage(DistInfo(checkpoint_every=5), state).keywords["checkpoint_dir"] == state
+    state.mkdir(parents=True)
+    (state / train_state.STATE_JSON).write_text("{}")
+    assert sft_for_stage(DistInfo(), state).keywords["checkpoint_dir"] == state
 
 
 def test_lr_schedule_never_divides_by_zero():
