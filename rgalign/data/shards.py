@@ -292,11 +292,11 @@ def fit_encoders_streamed(
         keep = local_split[seen : seen + len(head)] == "train"
         seen += len(head)
         head = head[keep]
-        uid = head["user_id"].astype(str)
-        joined = user_table.reindex(uid.to_numpy())
-        unknown = ~uid.isin(user_table.index).to_numpy()
-        if unknown.any():
-            raise DataError(f"{where}: unknown user {uid.iloc[int(np.flatnonzero(unknown)[0])]!r} (not in users)")
+        uid = head["user_id"].astype(str).to_numpy(dtype=object)
+        pos = user_table.index.get_indexer(uid)  # (Series.isin on arrow strings is ~10x slower)
+        if (pos < 0).any():
+            raise DataError(f"{where}: unknown user {uid[int(np.flatnonzero(pos < 0)[0])]!r} (not in users)")
+        joined = user_table.iloc[pos]
         table = pd.concat([joined.reset_index(drop=True), head[ctx_cols].reset_index(drop=True)], axis=1)
         for f in schema.categorical:
             vocab_local[f].update(table[f].astype(str).where(table[f].notna(), "").unique().tolist())
