@@ -150,9 +150,19 @@ class ImpressionShard:
                 pos += batch.num_rows
 
     def read(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
-        """The whole shard as one frame (1/world of the log)."""
-        parts = list(self.frames(columns))
-        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(columns or []))
+        """The whole shard as one frame (1/world of the log): its row groups read whole, the
+        first and last cut to the shard, converted to pandas once."""
+        import pyarrow as pa
+
+        parts = []
+        for g in self.groups:
+            lo, hi = max(self.start, g.start), min(self.stop, g.start + g.rows)
+            if lo < hi:
+                table = self._file(g.path).read_row_group(g.index, columns=list(columns) if columns else None)
+                parts.append(table.slice(lo - g.start, hi - lo))
+        if not parts:
+            return pd.DataFrame(columns=list(columns or []))
+        return pa.concat_tables(parts).to_pandas()
 
 
 # ------------------------------------------------------------------ request runs in a stream
@@ -327,8 +337,8 @@ def load_shard(root: str | Path, fit: StreamedFit) -> Dataset:
     """This rank's requests as a validated `Dataset`, each in the split the whole log gives it
     (a shard may hold no valid or test request: a ts-ordered log's first shard is all training)."""
     imp = fit.shard.read()
-    rid = imp["request_id"].astype(str).to_numpy(dtype=object)
-    new = _Runs().mark(rid)
+    rid = imp["request_id"].astype(str)
+    new = rid.ne(rid.shift()).to_numpy(dtype=bool, na_value=True)  # vectorised: no Python strings
     run = np.cumsum(new) - 1
     if len(fit.request_splits) != (run[-1] + 1 if len(run) else 0):
         raise DataError(f"{fit.shard.source}: the shard changed since the encoders were fitted")
