@@ -126,20 +126,21 @@ def train_sft_global(
     rng = np.random.default_rng(seed)
     log = LossLog()
     step = n_examples = n_tokens = 0
+    rng_epoch = 0  # the epoch whose order `rng` draws next
     if checkpoint_dir is not None and train_state.exists(checkpoint_dir):
         meta = train_state.load_train_state(checkpoint_dir, wrap.module, opt, dist)
         if meta["config"] != config:
             raise TrainError(f"{checkpoint_dir}: a training state of another run ({meta['config']}); "
                              f"this one is {config}: use another folder")
         step, n_examples, n_tokens = meta["step"], meta["examples_seen"], meta["tokens_seen"]
-        rng.bit_generator.state = meta["epoch_rng"]
+        rng.bit_generator.state, rng_epoch = meta["epoch_rng"], meta["rng_epoch"]
         log.rows = meta["losses"]
     last = total if stop_after is None else min(total, stop_after)
     start, epoch_rng = step, rng.bit_generator.state
 
     def save() -> None:
         meta = {"config": config, "step": step, "examples_seen": n_examples, "tokens_seen": n_tokens,
-                "epoch_rng": epoch_rng, "losses": log.rows}
+                "epoch_rng": epoch_rng, "rng_epoch": rng_epoch - 1, "losses": log.rows}
         train_state.save_train_state(checkpoint_dir, wrap.module, opt, meta, dist)
 
     t0 = time.perf_counter()
@@ -148,9 +149,11 @@ def train_sft_global(
         task = bar.add_task(description, total=total, completed=step, info="")
         while step < last:
             epoch, first = divmod(step, steps_per_epoch)
-            epoch_rng = rng.bit_generator.state  # the epoch's order is redrawn from here on resume
-            order = rng.permutation(len(prompts))
-            batches = epoch_batches(order, batch_size, steps_per_epoch, rng, lengths)
+            while rng_epoch <= epoch:  # a state saved at an epoch's end replays that epoch's draws
+                epoch_rng = rng.bit_generator.state  # a resume redraws this epoch's order from here
+                order = rng.permutation(len(prompts))
+                batches = epoch_batches(order, batch_size, steps_per_epoch, rng, lengths)
+                rng_epoch += 1
             for batch in batches[first:]:
                 loss = _step(wrap, opt, tokenizer, prompts, targets, batch, max_len, dist, dev, lr * lr_factor(step, total),
                              autocast)
