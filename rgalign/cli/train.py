@@ -101,6 +101,10 @@ def train_cmd(
     backbone: str = typer.Option(None, "--backbone", help="Reasoner backbone: a local Hugging Face causal-LM folder."),
     seed: int = typer.Option(None, "--seed", help="Random seed (overrides the config's)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    dist: str = typer.Option("auto", "--dist", help="Under torchrun: how the reasoner's SFT spreads over the "
+                             "processes: ddp (replicas), fsdp (FSDP2 shards), auto (fsdp from 100M parameters)."),
+    checkpoint_every: int = typer.Option(0, "--checkpoint-every", min=0, help="Write a resumable state of the "
+                                         "reasoner's SFT every N steps (it resumes on any number of processes)."),
 ) -> None:
     """Train the baseline, the reasoner, the QE ranker and the RGA alignment stage by stage; writes RUN/metrics.json."""
     from dataclasses import replace
@@ -111,7 +115,8 @@ def train_cmd(
     cfg = TrainConfig.from_dict(_read_config(config)).with_backbone(backbone)
     if seed is not None:
         cfg = replace(cfg, seed=seed)
-    result = train(data, out, cfg, parse_stages(stages), rounds=rounds, log=lambda m: console.print(m, highlight=False), quiet=quiet)
+    result = train(data, out, cfg, parse_stages(stages), rounds=rounds, log=lambda m: console.print(m, highlight=False), quiet=quiet,
+                   dist_strategy=dist, checkpoint_every=checkpoint_every)
     if result:
         print_metrics(result)
         console.print(f"wrote {out / 'metrics.json'}")

@@ -143,15 +143,17 @@ class Dataset:
         impressions: pd.DataFrame,
         root: Path | None = None,
         sources: dict[str, str] | None = None,
+        splits: pd.Series | None = None,
     ) -> "Dataset":
         """Validate in-memory frames exactly as :func:`load_dataset` validates files.
 
         The frames are not modified (normalised copies are kept). ``sources`` names the tables in
-        messages (default ``users`` / ``intents`` / ``impressions``).
+        messages (default ``users`` / ``intents`` / ``impressions``). ``splits``: each impression's
+        split, given (a shard of a bigger log, split as the whole log is) instead of assigned.
         """
         src = {t: t for t in TABLES}
         src.update(sources or {})
-        users, intents, impressions = _validate(schema, users, intents, impressions, src)
+        users, intents, impressions = _validate(schema, users, intents, impressions, src, splits)
         return cls(root=root, schema=schema, users=users, intents=intents, impressions=impressions, sources=src)
 
 
@@ -231,10 +233,9 @@ def _validate(
     intents: pd.DataFrame,
     impressions: pd.DataFrame,
     src: dict[str, str],
+    splits: pd.Series | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     s = schema
-    _require(users, src["users"], {"user_id": "the user id", **_declared(s, "user")})
-    _require(intents, src["intents"], {"intent_id": "the KB intent id", "text": "the intent's text"})
     _require(
         impressions,
         src["impressions"],
@@ -244,26 +245,10 @@ def _validate(
         },
     )
     # Positional rows: messages say "row N" = N-th data row, whatever the frame's index.
-    users = users.reset_index(drop=True)
-    intents = intents.reset_index(drop=True)
     impressions = impressions.reset_index(drop=True)
 
-    # --- users
-    u = src["users"]
-    users = users.assign(user_id=_ids(users["user_id"], u, "user_id"))
-    users = users.assign(**{c: _strings(users[c]) for c in (*s.user_categorical, *s.user_text)})
-    users = users.assign(**{c: _numeric(users[c], u, c, "numeric feature") for c in s.user_numeric})
-    _unique(users["user_id"], u, "user_id")
-
-    # --- intents
-    i = src["intents"]
-    intents = intents.assign(intent_id=_ids(intents["intent_id"], i, "intent_id"))
-    intents = intents.assign(text=_ids(intents["text"], i, "text", what="text"))
-    if "category" in intents.columns:
-        intents = intents.assign(category=_strings(intents["category"]))
-    _unique(intents["intent_id"], i, "intent_id")
-    if len(intents) == 0:
-        raise DataError(f"{i}: no intents; the KB needs at least one")
+    users, intents = validate_users_intents(s, users, intents, src)
+    u, i = src["users"], src["intents"]
 
     # --- impressions
     m = src["impressions"]
@@ -305,8 +290,34 @@ def _validate(
     elif gk not in users.columns:
         raise DataError(f"dataset.yaml: group_key '{gk}' is not a column of {m} or {u}; use user_id or request_id")
 
-    imp = imp.assign(split=assign_splits(imp, s.split, m))
+    # a shard of a bigger log brings the split its requests have in the whole log
+    imp = imp.assign(split=assign_splits(imp, s.split, m) if splits is None else splits.set_axis(imp.index).astype("str"))
     return users, intents, imp
+
+
+def validate_users_intents(
+    s: DatasetSchema, users: pd.DataFrame, intents: pd.DataFrame, src: dict[str, str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The users and intents tables checked and normalised (also for a log read by shard, whose
+    impressions are checked batch by batch)."""
+    _require(users, src["users"], {"user_id": "the user id", **_declared(s, "user")})
+    _require(intents, src["intents"], {"intent_id": "the KB intent id", "text": "the intent's text"})
+    users = users.reset_index(drop=True)
+    intents = intents.reset_index(drop=True)
+    u = src["users"]
+    users = users.assign(user_id=_ids(users["user_id"], u, "user_id"))
+    users = users.assign(**{c: _strings(users[c]) for c in (*s.user_categorical, *s.user_text)})
+    users = users.assign(**{c: _numeric(users[c], u, c, "numeric feature") for c in s.user_numeric})
+    _unique(users["user_id"], u, "user_id")
+    i = src["intents"]
+    intents = intents.assign(intent_id=_ids(intents["intent_id"], i, "intent_id"))
+    intents = intents.assign(text=_ids(intents["text"], i, "text", what="text"))
+    if "category" in intents.columns:
+        intents = intents.assign(category=_strings(intents["category"]))
+    _unique(intents["intent_id"], i, "intent_id")
+    if len(intents) == 0:
+        raise DataError(f"{i}: no intents; the KB needs at least one")
+    return users, intents
 
 
 def _declared(s: DatasetSchema, group: str) -> dict[str, str]:

@@ -1,7 +1,9 @@
-"""Multi-process training under ``torchrun`` (DDP): gloo on CPU, NCCL on GPU.
+"""Multi-process training under ``torchrun``: gloo on CPU, NCCL on GPU, on one machine or many
+(torchrun's ``--nnodes/--node-rank/--rdzv-endpoint`` set the environment read here).
 
 Outside torchrun everything here degrades to a single process, so the stages call these helpers
-unconditionally. Rank 0 writes every artifact; the others wait at a barrier.
+unconditionally. Rank 0 writes every artifact; the others wait at a barrier. How a model is
+spread over the processes (DDP or FSDP2) is `rgalign.training.parallel`.
 """
 
 from __future__ import annotations
@@ -13,11 +15,22 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from rgalign.errors import ConfigError
+
+
+# How a model is trained on several processes (`rgalign.training.parallel`): "ddp" replicates it
+# (small models), "fsdp" shards parameters, gradients and optimizer state (FSDP2, big backbones),
+# "auto" picks by parameter count.
+STRATEGIES = ("auto", "ddp", "fsdp")
+
 
 @dataclass(frozen=True)
 class DistInfo:
     rank: int = 0
     world_size: int = 1
+    strategy: str = "auto"
+    # steps between resumable training states of a sharded stage (0: none); see global_sft
+    checkpoint_every: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -28,15 +41,29 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed() -> DistInfo:
+def init_distributed(strategy: str = "auto", checkpoint_every: int = 0) -> DistInfo:
     """Join the process group that torchrun describes in the environment (WORLD_SIZE > 1)."""
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"--dist {strategy!r}: choose one of {', '.join(STRATEGIES)}")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return DistInfo()
+        return DistInfo(strategy=strategy, checkpoint_every=checkpoint_every)
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = "gloo"
+        if torch.cuda.is_available():  # one GPU per process: torchrun numbers them per node
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            # NCCL for CUDA tensors, gloo for the CPU ones (metrics, counts, the rankers' loops)
+            backend = "cpu:gloo,cuda:nccl"
         dist.init_process_group(backend=backend)
-    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size())
+    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), strategy=strategy,
+                    checkpoint_every=checkpoint_every)
+
+
+def device(info: DistInfo) -> torch.device:
+    """Where this rank trains a sharded reasoner: its GPU under NCCL, else the CPU."""
+    if info.enabled and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def barrier(info: DistInfo) -> None:
@@ -71,3 +98,19 @@ def all_reduce_mean(value: float, info: DistInfo) -> float:
     t = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(t)
     return float(t.item()) / info.world_size
+
+
+def all_reduce_sum(value: float, info: DistInfo) -> float:
+    """Sum of ``value`` over the ranks (float64, so token counts and loss sums stay exact)."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def rank_slice(batch: np.ndarray, info: DistInfo) -> np.ndarray:
+    """This rank's rows of one *global* batch (rows ``rank, rank + world, ...``): what makes a
+    step's update the same whatever the number of processes. May be empty (a last batch smaller
+    than the world); the caller then runs a zero-weight row so every rank joins the collectives."""
+    return batch[info.rank :: info.world_size] if info.enabled else batch

@@ -34,6 +34,8 @@ from rgalign.training import loops
 from rgalign.training.alignment import RGA_STAGES
 from rgalign.training.config import TrainConfig
 from rgalign.training.distributed import DistInfo, barrier, init_distributed
+from rgalign.training.global_sft import drop_stage_state, sft_for_stage
+from rgalign.training.parallel import dist_record
 from rgalign.training.evaluate import (
     baseline_forward, cohort_masks, popularity_metrics, qe_forward, ranker_metrics,
 )
@@ -111,7 +113,8 @@ def stage_warmup(ctx: Context) -> None:
     prompts, targets = warmup_examples(ctx)
     if not prompts:
         raise TrainError("stage 1: no training request has a click; the warm-up SFT needs clicked intents")
-    res = loops.train_sft(
+    state_dir = ctx.run.root / "train_state" / "1-warmup"  # under torchrun with --checkpoint-every
+    res = sft_for_stage(ctx.dist, state_dir)(
         reasoner, ctx.tokenizer, prompts, targets, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
         max_len=reasoner.config.max_len, seed=ctx.config.seed, dist=ctx.dist, description="1 warm-up SFT",
         quiet=ctx.quiet,
@@ -121,8 +124,9 @@ def stage_warmup(ctx: Context) -> None:
         reasoner.save(d / "reasoner")
         write_text_atomic(d / "losses.csv", res.log.to_csv())
 
-    ctx.finish(1, save, {"prompt_budget": ctx.prompt_budget.to_dict(), "seconds": res.seconds, "examples": len(prompts), "examples_per_s": res.examples_per_s,
+    ctx.finish(1, save, {"dist": dist_record(ctx.dist, reasoner), "prompt_budget": ctx.prompt_budget.to_dict(), "seconds": res.seconds, "examples": len(prompts), "examples_per_s": res.examples_per_s,
                          "tokens_per_s": res.tokens_per_s, "final_lm_loss": res.final_loss})
+    drop_stage_state(ctx.dist, state_dir)
     ctx.log(f"stage 1 warm-up: {len(prompts)} examples, final LM loss {res.final_loss:.3f}, {res.seconds:.0f} s, "
             f"{res.examples_per_s:.1f} examples/s")
 
@@ -269,14 +273,19 @@ def train(
     rounds: int = 1,
     log: Log = print,
     quiet: bool = False,
+    dist_strategy: str = "auto",
+    checkpoint_every: int = 0,
 ) -> dict[str, Any]:
     """Run ``stages`` (default: all, 0-6) of SPEC §3 into ``out``; stages 3-6 run ``rounds`` times
-    (the closed loop). Returns metrics.json."""
+    (the closed loop). Returns metrics.json. Under torchrun, ``dist_strategy`` (auto / ddp / fsdp)
+    says how the reasoner's SFT spreads over the processes (`rgalign.training.parallel`), and
+    ``checkpoint_every`` > 0 makes it write a state it resumes from after an interruption, on any
+    number of processes (`rgalign.training.train_state`)."""
     config = config or TrainConfig()
     stages = stages if stages is not None else sorted(STAGE_NAMES)
     if rounds < 1:
         raise ConfigError(f"--rounds {rounds}: need at least 1 round of stages 3-6")
-    dist = init_distributed()
+    dist = init_distributed(dist_strategy, checkpoint_every)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     ctx = prepare(data, out, config, dist, log if dist.is_main else (lambda _m: None), quiet)
     plan = [(i, 0) for i in stages if i in STAGES] + [(i, r) for r in range(rounds) for i in stages if i in RGA_STAGES]
