@@ -67,11 +67,11 @@ AUC 0.77 / GAUC 0.78 / error_rate 0.37.
 from __future__ import annotations
 
 from rgalign.data.synth.catalogue import MAX_INTENTS, Intent, select_kb
-from rgalign.data.synth.dataset import GENERATOR, SCHEMA, synth_frames, synthesize, tiny_dataset
-from rgalign.data.synth.draw import SynthTables, generate
+from rgalign.data.synth.dataset import GENERATOR, SCHEMA, TINY, synth_frames, synthesize, tiny_dataset
+from rgalign.data.synth.draw import SynthParams, SynthTables, generate
 from rgalign.data.synth.world import TOPICS
 
 __all__ = [
-    "GENERATOR", "MAX_INTENTS", "SCHEMA", "TOPICS", "Intent", "SynthTables", "generate", "select_kb",
-    "synth_frames", "synthesize", "tiny_dataset",
+    "GENERATOR", "MAX_INTENTS", "SCHEMA", "TINY", "TOPICS", "Intent", "SynthParams", "SynthTables", "generate",
+    "select_kb", "synth_frames", "synthesize", "tiny_dataset",
 ]

@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from rgalign.data.schema import DatasetSchema, SplitSpec, atomic_write
-from rgalign.data.synth.draw import generate
+from rgalign.data.synth.draw import SynthParams, generate
 from rgalign.errors import DataError
 
 GENERATOR = "rgalign.data.synth/1"
+# the shared test fixture's size (`tiny_dataset`): a 50-intent KB, 400 requests, built in ~0.1 s
+TINY = SynthParams(users=60, intents=50, requests=400, seed=0, slate_size=8)
 
 SCHEMA = DatasetSchema(
     name="synthetic-shopee-chatbot",
@@ -37,13 +39,12 @@ def _arrow(cols: dict[str, np.ndarray]):
     return pa.table({k: pa.array(v, type=pa.string()) if v.dtype == object else pa.array(v) for k, v in cols.items()})
 
 
-def synth_frames(
-    users: int = 2000, intents: int = 200, requests: int = 20000, seed: int = 0, slate_size: int = 10
-):
-    """``(schema, users, intents, impressions)`` DataFrames, in memory (same draws as :func:`synthesize`)."""
+def synth_frames(**params: int):
+    """``(schema, users, intents, impressions)`` DataFrames, in memory (same draws as :func:`synthesize`);
+    ``params``: `SynthParams` fields."""
     import pandas as pd
 
-    t = generate(users=users, intents=intents, requests=requests, seed=seed, slate_size=slate_size)
+    t = generate(**params)
     frames = [pd.DataFrame(t.users), pd.DataFrame(t.intents), pd.DataFrame(t.impressions)]
     for f in frames:  # object columns of str -> the string dtype load_dataset gives
         for c in f.columns:
@@ -52,19 +53,18 @@ def synth_frames(
     return (SCHEMA, *frames)
 
 
-def tiny_dataset(seed: int = 0, users: int = 60, intents: int = 50, requests: int = 400, slate_size: int = 8):
+def tiny_dataset(**params: int):
     """A small validated :class:`~rgalign.data.loader.Dataset`, built in memory in ~0.1 s: the shared
-    fixture for tests of models, training and export (a 50-intent KB)."""
+    fixture for tests of models, training and export (a 50-intent KB). ``params``: `SynthParams`
+    fields, over `TINY`."""
     from rgalign.data.loader import Dataset
 
-    schema, u, i, m = synth_frames(users=users, intents=intents, requests=requests, seed=seed, slate_size=slate_size)
+    schema, u, i, m = synth_frames(**{**TINY.to_dict(), **params})
     return Dataset.from_frames(schema, u, i, m)
 
 
-def synthesize(
-    out_dir: str | Path, users: int = 2000, intents: int = 200, requests: int = 20000, seed: int = 0, slate_size: int = 10
-) -> Path:
-    """Write a synthetic dataset folder (SPEC §1) and return its path.
+def synthesize(out_dir: str | Path, **params: int) -> Path:
+    """Write a synthetic dataset folder (SPEC §1) drawn from `SynthParams` ``params`` and return its path.
 
     ``out_dir`` must be empty, missing, or a previous synthetic dataset (it holds ``synth.json``):
     the generator never overwrites someone's real data. Each file is written atomically.
@@ -78,7 +78,8 @@ def synthesize(
     if out.is_dir() and any(out.iterdir()) and not (out / "synth.json").is_file():
         raise DataError(f"{out}: folder is not empty and holds no synthetic dataset (no synth.json); choose an empty folder")
     out.mkdir(parents=True, exist_ok=True)
-    t = generate(users=users, intents=intents, requests=requests, seed=seed, slate_size=slate_size)
+    spec = SynthParams(**params)
+    t = generate(**spec.to_dict())
     for name, cols in (("users", t.users), ("intents", t.intents), ("impressions", t.impressions)):
         path = out / f"{name}.parquet"
         fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
@@ -93,7 +94,7 @@ def synthesize(
     SCHEMA.to_yaml(out / "dataset.yaml")
     meta = {
         "generator": GENERATOR,
-        "params": {"users": users, "intents": intents, "requests": requests, "seed": seed, "slate_size": slate_size},
+        "params": spec.to_dict(),
         "summary": t.summary,
     }
     atomic_write(out / "synth.json", (json.dumps(meta, indent=1) + "\n").encode("utf-8"))

@@ -3,11 +3,12 @@ hidden latent needs), following the click model of the package docstring, vector
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Any
 
 import numpy as np
 
+from rgalign.config import to_dict
 from rgalign.data.synth.catalogue import select_kb
 from rgalign.data.synth.world import (
     BASE_TS, C_ANY, C_IN, C_MISMATCH, C_OUT, DAYS, ENTRY_P, ENTRY_PAGES, FILLERS, GENDER_P, GENDERS, HOUR_W,
@@ -16,6 +17,33 @@ from rgalign.data.synth.world import (
     TIER_ORDERS, TIER_P, TIER_TOPIC, TIERS, TOPIC_PRIOR, TOPICS,
 )
 from rgalign.errors import DataError
+
+
+@dataclass(frozen=True)
+class SynthParams:
+    """What a synthetic dataset is drawn from, and all it is drawn from: the same params give the
+    same bytes (``synth.json`` records them). `generate`, `synthesize`, `synth_frames` and
+    `tiny_dataset` take these fields as keyword arguments.
+
+    The defaults: 20,000 requests x a slate of 10 = 200,000 impressions, about 100 requests per
+    user, and 200 of the catalogue's 222 intents (`MAX_INTENTS`), round-robin over topics.
+    """
+
+    users: int = 2000
+    intents: int = 200
+    requests: int = 20000  # chatbot openings; >= 3, so the time split has train, valid and test
+    seed: int = 0
+    slate_size: int = 10  # intents shown per request, at most the KB's size
+
+    def __post_init__(self) -> None:
+        for name, lo in (("users", 1), ("requests", 3), ("slate_size", 1)):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or v < lo:
+                raise DataError(f"synth: --{name.replace('_', '-')} must be an integer >= {lo}, got {v!r}")
+
+    def to_dict(self) -> dict[str, int]:
+        return to_dict(self)
+
 
 @dataclass
 class SynthTables:
@@ -50,17 +78,14 @@ def _gumbel(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     return -np.log(-np.log(rng.random(shape) + 1e-12) + 1e-12)
 
 
-def generate(
-    users: int = 2000, intents: int = 200, requests: int = 20000, seed: int = 0, slate_size: int = 10
-) -> SynthTables:
-    """Draw a dataset (see the module docstring). Arrays only; :func:`synthesize` writes them.
+def generate(**params: int) -> SynthTables:
+    """Draw a dataset (see the package docstring) from `SynthParams` ``params``. Arrays only;
+    :func:`~rgalign.data.synth.synthesize` writes them.
 
     Returned columns: users ``(U,)``, intents ``(K,)``, impressions ``(R * slate_size,)``, rows
     grouped by request, requests in time order.
     """
-    for name, v, lo in (("users", users, 1), ("requests", requests, 3), ("slate_size", slate_size, 1)):
-        if not isinstance(v, (int, np.integer)) or v < lo:
-            raise DataError(f"synth: --{name.replace('_', '-')} must be an integer >= {lo}, got {v!r}")
+    users, intents, requests, seed, slate_size = astuple(SynthParams(**params))
     kb = select_kb(intents)
     n_kb = len(kb)
     if slate_size > n_kb:
