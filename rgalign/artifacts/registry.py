@@ -6,8 +6,21 @@ it: a new precision or backend is one entry here, then its step (export) or writ
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from rgalign.errors import ConfigError, ExportError
+
+
+class _Named(Protocol):
+    name: str
+
+
+E = TypeVar("E", bound=_Named)
+
+
+def _by_name(*entries: E) -> dict[str, E]:
+    """A registry: its entries by name, in the order given (the order the CLI lists them)."""
+    return {e.name: e for e in entries}
 
 
 @dataclass(frozen=True)
@@ -22,50 +35,34 @@ class Precision:
 
 
 @dataclass(frozen=True)
-class Backend:
-    """A way Triton runs the graphs (`rgalign deploy --backend`)."""
+class Choice:
+    """One of the ways `rgalign deploy` offers to do a thing, and what its help says of it: a
+    backend (``--backend``: how Triton runs the graphs) or a layout (``--layout``: how the
+    pipeline is laid out as Triton models)."""
 
     name: str
     about: str
 
 
-PRECISION_REGISTRY: dict[str, Precision] = {
-    p.name: p
-    for p in (
-        Precision("fp32", False, "the exported graph (fused where the fusions pass the fp32 gate)"),
-        Precision("fp16", True, "float16 weights and activations, made from the fp32 graph"),
-        Precision("int8", True, "the fastest int8 pair (dynamic, static QDQ or weight-only) that passes the int8 gates"),
-        # asked for, not default: on an AVX2 CPU int4 buys memory, not speed (issue 15), and an
-        # untrained reasoner's int4 error exceeds the differences between prompts
-        Precision("int4", False, "weight-only int4 reasoner (MatMulNBits), fp32 ranker; int8's gates", default=False),
-    )
-}
-BACKEND_REGISTRY: dict[str, Backend] = {
-    b.name: b
-    for b in (
-        Backend("python", "ONNX Runtime inside Triton's python backend (works with the embedded server)"),
-        Backend("onnxruntime", "Triton's own ONNX Runtime backend (optionally with the TensorRT accelerator)"),
-        Backend("tensorrt", "Triton's TensorRT backend on the export's engines"),
-    )
-}
-
-@dataclass(frozen=True)
-class Layout:
-    """How the pipeline is laid out as Triton models (`rgalign deploy --layout`)."""
-
-    name: str
-    about: str
-
-
-LAYOUT_REGISTRY: dict[str, Layout] = {
-    layout.name: layout
-    for layout in (
-        Layout("fused", "one python-backend model running the whole in-process Pipeline: one process, no "
-               "shared-memory hop per request (python backend only)"),
-        Layout("ensemble", "preprocess -> reasoner -> ranker -> postprocess chained by a Triton ensemble "
-               "(any backend)"),
-    )
-}
+PRECISION_REGISTRY: dict[str, Precision] = _by_name(
+    Precision("fp32", False, "the exported graph (fused where the fusions pass the fp32 gate)"),
+    Precision("fp16", True, "float16 weights and activations, made from the fp32 graph"),
+    Precision("int8", True, "the fastest int8 pair (dynamic, static QDQ or weight-only) that passes the int8 gates"),
+    # asked for, not default: on an AVX2 CPU int4 buys memory, not speed (issue 15), and an
+    # untrained reasoner's int4 error exceeds the differences between prompts
+    Precision("int4", False, "weight-only int4 reasoner (MatMulNBits), fp32 ranker; int8's gates", default=False),
+)
+BACKEND_REGISTRY: dict[str, Choice] = _by_name(
+    Choice("python", "ONNX Runtime inside Triton's python backend (works with the embedded server)"),
+    Choice("onnxruntime", "Triton's own ONNX Runtime backend (optionally with the TensorRT accelerator)"),
+    Choice("tensorrt", "Triton's TensorRT backend on the export's engines"),
+)
+LAYOUT_REGISTRY: dict[str, Choice] = _by_name(
+    Choice("fused", "one python-backend model running the whole in-process Pipeline: one process, no "
+           "shared-memory hop per request (python backend only)"),
+    Choice("ensemble", "preprocess -> reasoner -> ranker -> postprocess chained by a Triton ensemble "
+           "(any backend)"),
+)
 
 PRECISIONS: tuple[str, ...] = tuple(PRECISION_REGISTRY)  # canonical order: fp32 first
 DEFAULT_PRECISIONS: tuple[str, ...] = tuple(p.name for p in PRECISION_REGISTRY.values() if p.default)

@@ -12,21 +12,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from rgalign.artifacts.registry import ENSEMBLE
-from rgalign.cli._app import app, console
+from rgalign.cli._app import app, console, int_list
 
 
 def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
-    from rgalign.errors import ConfigError
-
-    if not text:
-        return None
-    try:
-        vals = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise ConfigError(f"{what} {text!r}: expected comma-separated integers, e.g. 1,8,32") from None
-    if not vals or min(vals) < 1:
-        raise ConfigError(f"{what} {text!r}: every value must be >= 1")
-    return vals
+    """None when the option is not given (the bench's defaults), else its integers, each >= 1."""
+    return int_list(text, what) if text else None
 
 
 @app.command("bench")

@@ -9,19 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from rgalign.cli._app import app, console
-
-
-def _ints(text: str, what: str) -> tuple[int, ...]:
-    from rgalign.errors import ConfigError
-
-    try:
-        values = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise ConfigError(f"{what} {text!r}: expected comma-separated integers, e.g. 1,2") from None
-    if not values or min(values) < 0:
-        raise ConfigError(f"{what} {text!r}: give at least one value, none negative")
-    return values
+from rgalign.cli._app import app, console, int_list
 
 
 @app.command("tune")
@@ -47,14 +35,14 @@ def tune_cmd(
 
     grid = Grid(
         layouts=tuple(x.strip() for x in layouts.split(",") if x.strip()),
-        instances=_ints(instances, "--instances"), max_batch=_ints(max_batch, "--max-batch"),
-        queue_delay_us=_ints(queue_delay_us, "--queue-delay-us"),
+        instances=int_list(instances, "--instances", minimum=0), max_batch=int_list(max_batch, "--max-batch", minimum=0),
+        queue_delay_us=int_list(queue_delay_us, "--queue-delay-us", minimum=0),
     )  # fmt: skip
     target = resolve_target(export, records)
     with console.status("tuning ...") as status:
         result = tune(
             export, out, target.records, grid=grid, goal=Goal(latency_budget_ms, throughput_goal),
-            concurrencies=_ints(concurrency, "--concurrency"), precision=precision, threads=threads,
+            concurrencies=int_list(concurrency, "--concurrency", minimum=0), precision=precision, threads=threads,
             settings=Settings(interval_ms=interval_ms), progress=lambda msg: status.update(escape(msg) + " ..."),
         )  # fmt: skip
     table = Table(title=f"{len(result['measurements'])} measurements (perf_analyzer, {result['protocol']})", title_justify="left")

@@ -21,7 +21,7 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,24 @@ class SplitSpec:
 
 
 @dataclass(frozen=True)
-class DatasetSchema:
+class FeatureGroups:
+    """Feature names in six groups, (user, context) x (categorical, numeric, text), each in its
+    declared order: what a dataset declares (`DatasetSchema`) and what a prompt shows
+    (`rgalign.models.prompt.PromptFields`)."""
+
+    user_categorical: tuple[str, ...] = ()
+    user_numeric: tuple[str, ...] = ()
+    user_text: tuple[str, ...] = ()
+    context_categorical: tuple[str, ...] = ()
+    context_numeric: tuple[str, ...] = ()
+    context_text: tuple[str, ...] = ()
+
+
+FEATURE_GROUPS: tuple[str, ...] = tuple(f.name for f in fields(FeatureGroups))
+
+
+@dataclass(frozen=True)
+class DatasetSchema(FeatureGroups):
     """Names and kinds of the feature columns, the GAUC group key and the split.
 
     User features are columns of ``users``; context features are columns of ``impressions`` and
@@ -100,13 +117,7 @@ class DatasetSchema:
     user before context, and within each, the order declared.
     """
 
-    name: str
-    user_categorical: tuple[str, ...] = ()
-    user_numeric: tuple[str, ...] = ()
-    user_text: tuple[str, ...] = ()
-    context_categorical: tuple[str, ...] = ()
-    context_numeric: tuple[str, ...] = ()
-    context_text: tuple[str, ...] = ()
+    name: str = field(kw_only=True)  # required; keyword-only, since the feature groups come first
     group_key: str = "user_id"
     split: SplitSpec = field(default_factory=SplitSpec)
 

@@ -22,6 +22,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
@@ -82,6 +83,14 @@ def _param_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
 
 
+def _torch_export(spec: ExportSpec, module: nn.Module, **exporter_args: Any) -> Any:
+    """``torch.onnx.export`` of ``module`` on the spec's example inputs, under the spec's input and
+    output names; ``exporter_args``: what the dynamo or the legacy exporter needs besides."""
+    return torch.onnx.export(
+        module, spec.example, input_names=spec.input_names, output_names=spec.output_names, **exporter_args
+    )
+
+
 def _export_dynamo(spec: ExportSpec, module: nn.Module, path: Path, external: bool) -> None:
     from torch.export import Dim
 
@@ -94,18 +103,8 @@ def _export_dynamo(spec: ExportSpec, module: nn.Module, path: Path, external: bo
                 dims[dim_name] = Dim(dim_name, min=lo, max=hi) if hi is not None else Dim(dim_name, min=lo)
             shapes[name][axis] = dims[dim_name]
     with _quiet():
-        program = torch.onnx.export(
-            module,
-            spec.example,
-            dynamo=True,
-            opset_version=DYNAMO_OPSET,
-            input_names=spec.input_names,
-            output_names=spec.output_names,
-            dynamic_shapes=shapes,
-            external_data=external,
-            optimize=True,
-            verbose=False,
-        )
+        program = _torch_export(spec, module, dynamo=True, opset_version=DYNAMO_OPSET, dynamic_shapes=shapes,
+                                external_data=external, optimize=True, verbose=False)
         program.save(os.fspath(path), external_data=external)
 
 
@@ -116,17 +115,8 @@ def _export_legacy(spec: ExportSpec, module: nn.Module, path: Path) -> None:
     for out in spec.outputs:
         axes[out.name] = {i: d for i, d in enumerate(out.shape) if isinstance(d, str)}
     with _quiet():
-        torch.onnx.export(
-            module,
-            spec.example,
-            os.fspath(path),
-            dynamo=False,
-            opset_version=LEGACY_OPSET,
-            input_names=spec.input_names,
-            output_names=spec.output_names,
-            dynamic_axes=axes,
-            do_constant_folding=True,
-        )
+        _torch_export(spec, module, f=os.fspath(path), dynamo=False, opset_version=LEGACY_OPSET, dynamic_axes=axes,
+                      do_constant_folding=True)
 
 
 def export_onnx(

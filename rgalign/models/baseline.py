@@ -21,98 +21,39 @@ Example:
 
 from __future__ import annotations
 
-import os
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from rgalign.config import from_dict
-from rgalign.errors import ConfigError
-from rgalign.models.checkpoint import read_checkpoint, save_module, upgrade_ranker_state
-from rgalign.models.layers import FieldEmbedding, IntentIds, InteractingLayer, MixtureOfExpertsScorer
+from rgalign.models.layers import MixtureOfExpertsScorer
+from rgalign.models.ranker import Ranker, RankerConfig
 
 KIND = "baseline_autoint_moe"
 
 
 @dataclass(frozen=True)
-class BaselineConfig:
-    cardinalities: tuple[int, ...]  # per categorical field, OOV bucket 0 included
-    n_numeric: int
-    n_intents: int
-    field_dim: int = 16  # AutoInt's usual embedding size; ~10 fields x 16 = a 160-d flat vector
-    attn_layers: int = 2
-    attn_heads: int = 2
-    dim: int = 64  # user/intent vector size for the dot products (as the latent query's d)
-    n_experts: int = 4
-    expert_hidden: int = 128
-    dropout: float = 0.1
-    id_dropout: float = 0.05  # categorical ids -> OOV bucket in training (see FieldEmbedding)
-    intent_dropout: float = 0.1  # known intents treated as cold in training (see IntentIds)
-    seed: int = 0
+class BaselineConfig(RankerConfig):
+    """The shared ranker knobs (`RankerConfig`), nothing more: the baseline reads ids only."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "cardinalities", tuple(int(c) for c in self.cardinalities))
-        if any(c < 1 for c in self.cardinalities) or self.n_numeric < 0 or self.n_intents < 1:
-            raise ConfigError(
-                f"baseline needs cardinalities >= 1, n_numeric >= 0, n_intents >= 1; got "
-                f"{list(self.cardinalities)}, {self.n_numeric}, {self.n_intents}"
-            )
-        if len(self.cardinalities) + self.n_numeric == 0:
-            raise ConfigError("baseline needs at least one categorical or numeric feature")
-        if self.field_dim % self.attn_heads:
-            raise ConfigError(f"field_dim {self.field_dim} must divide by attn_heads {self.attn_heads}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["cardinalities"] = list(self.cardinalities)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BaselineConfig:
-        return from_dict(cls, d, where=cls.__name__)
+        self._check_features("baseline")
 
 
-class AutoIntMoE(nn.Module):
+class AutoIntMoE(Ranker):
     """Two-tower AutoInt + MoE ranker over a fixed KB of ``n_intents`` intents."""
 
-    def __init__(self, config: BaselineConfig) -> None:
-        super().__init__()
-        self.config = config
-        c = config
-        with torch.random.fork_rng(devices=[]):  # seeded init, global RNG untouched
-            torch.manual_seed(c.seed)
-            self.fields = FieldEmbedding(c.cardinalities, c.n_numeric, c.field_dim, c.id_dropout)
-            self.interacting = nn.ModuleList(
-                InteractingLayer(c.field_dim, c.attn_heads, c.dropout) for _ in range(c.attn_layers)
-            )
-            n_fields = len(c.cardinalities) + c.n_numeric
-            self.intent_ids = IntentIds(c.n_intents, c.dim, c.intent_dropout)
-            # the learned part of the score is scaled by a gate; training sets it to 0 when it
-            # installs the popularity prior (`rgalign.training.context.init_intent_prior`, ReZero):
-            # the ranker then starts as item popularity exactly, and moves away from it only as far
-            # as the valid GAUC rewards (early stopping keeps the starting weights otherwise)
-            self.gate = nn.Parameter(torch.ones(()))
-            self.intent_mlp = nn.Sequential(nn.Linear(c.dim, 2 * c.dim), nn.GELU(), nn.Linear(2 * c.dim, c.dim))
-            self.head = MixtureOfExpertsScorer(n_fields * c.field_dim, c.dim, c.n_experts, c.expert_hidden, c.dropout)
+    KIND = KIND
+    CONFIG = BaselineConfig
+
+    def _build(self, c: BaselineConfig) -> None:
+        self._user_tower(c)
+        n_fields = len(c.cardinalities) + c.n_numeric
+        self._intent_tower(c)  # ids only: no text
+        self.head = MixtureOfExpertsScorer(n_fields * c.field_dim, c.dim, c.n_experts, c.expert_hidden, c.dropout)
 
     def user_vector(self, cat: torch.Tensor, num: torch.Tensor) -> torch.Tensor:
         """cat (B, Fc) int64, num (B, Fn) float32 -> flattened interacted fields (B, F*field_dim)."""
-        x = self.fields(cat, num)
-        for layer in self.interacting:
-            x = layer(x)
-        return x.flatten(1)
-
-    def intents(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The KB's intent vectors (N, dim) and biases (N,) (cold intents: the shared cold ones)."""
-        e, bias = self.intent_ids()
-        return e + self.intent_mlp(e), bias
-
-    def intent_table(self) -> torch.Tensor:
-        """The KB's intent vectors (N, dim)."""
-        return self.intents()[0]
+        return self.field_tokens(cat, num).flatten(1)
 
     def forward(self, cat: torch.Tensor, num: torch.Tensor, intent_idx: torch.Tensor) -> torch.Tensor:
         """Logits of the given intents: cat (B, Fc), num (B, Fn), intent_idx (B, S) -> (B, S)."""
@@ -129,13 +70,3 @@ class AutoIntMoE(nn.Module):
     def topk(self, cat: torch.Tensor, num: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k logits and KB indices: ((B, k) float32, (B, k) int64), best first."""
         return torch.topk(self.score_all(cat, num), k, dim=-1)
-
-    def save(self, directory: str | os.PathLike) -> Path:
-        return save_module(directory, self, KIND, self.config.to_dict())
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike) -> AutoIntMoE:
-        config, state = read_checkpoint(directory, KIND)
-        model = cls(BaselineConfig.from_dict(config))
-        model.load_state_dict(upgrade_ranker_state(state, model.state_dict()))
-        return model.eval()

@@ -38,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rgalign.data.schema import FEATURE_GROUPS, FeatureGroups
 from rgalign.errors import DataError
 
 QUERY_MARKER = "query:"
@@ -46,26 +47,17 @@ FIELD_SEP = "; "
 TARGET_SEP = " ; "
 UNKNOWN = "?"
 CUT_MARKER = "..."
-_GROUP_NAMES = (
-    "user_categorical", "user_numeric", "user_text", "context_categorical", "context_numeric", "context_text",
-)
 
 
 @dataclass(frozen=True)
-class PromptFields:
+class PromptFields(FeatureGroups):
     """Which feature names go where in the prompt (names in their declared order)."""
 
-    user_categorical: tuple[str, ...] = ()
-    user_numeric: tuple[str, ...] = ()
-    user_text: tuple[str, ...] = ()
-    context_categorical: tuple[str, ...] = ()
-    context_numeric: tuple[str, ...] = ()
-    context_text: tuple[str, ...] = ()
     # (field, max characters) of the text fields the prompt budget caps; () caps nothing
     text_max_chars: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
-        for name in _GROUP_NAMES:
+        for name in FEATURE_GROUPS:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         caps = dict(self.text_max_chars.items() if isinstance(self.text_max_chars, Mapping) else self.text_max_chars)
         unknown = sorted(set(caps) - set(self.user_text + self.context_text))
@@ -94,21 +86,21 @@ class PromptFields:
     @classmethod
     def from_schema(cls, schema: Any) -> PromptFields:
         """From anything with the six tuples of `rgalign.data.schema.DatasetSchema`."""
-        return cls(**{name: tuple(getattr(schema, name)) for name in _GROUP_NAMES})
+        return cls(**{name: tuple(getattr(schema, name)) for name in FEATURE_GROUPS})
 
     def with_text_budget(self, caps: Mapping[str, int]) -> PromptFields:
         """The same fields with text fields capped at ``caps`` characters."""
-        return PromptFields(**{name: getattr(self, name) for name in _GROUP_NAMES}, text_max_chars=tuple(caps.items()))
+        return PromptFields(**{name: getattr(self, name) for name in FEATURE_GROUPS}, text_max_chars=tuple(caps.items()))
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {name: list(getattr(self, name)) for name in _GROUP_NAMES}
+        d: dict[str, Any] = {name: list(getattr(self, name)) for name in FEATURE_GROUPS}
         if self.text_max_chars:
             d["text_max_chars"] = dict(self.text_max_chars)
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PromptFields:
-        return cls(**{name: tuple(d.get(name, ())) for name in _GROUP_NAMES},
+        return cls(**{name: tuple(d.get(name, ())) for name in FEATURE_GROUPS},
                    text_max_chars=tuple(dict(d.get("text_max_chars") or {}).items()))
 
 

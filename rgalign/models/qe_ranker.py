@@ -31,107 +31,43 @@ Example:
 
 from __future__ import annotations
 
-import os
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from rgalign.config import from_dict
 from rgalign.errors import ConfigError
-from rgalign.models.checkpoint import read_checkpoint, save_module, upgrade_ranker_state
-from rgalign.models.layers import CrossAttention, FieldEmbedding, IntentIds, InteractingLayer, MixtureOfExpertsScorer
+from rgalign.models.layers import CrossAttention, MixtureOfExpertsScorer
+from rgalign.models.ranker import Ranker, RankerConfig
 
 KIND = "qe_ranker"
 
 
 @dataclass(frozen=True)
-class QERankerConfig:
-    cardinalities: tuple[int, ...]  # per categorical field, OOV bucket 0 included
-    n_numeric: int
-    n_intents: int
+class QERankerConfig(RankerConfig):
+    """The shared ranker knobs (`RankerConfig`) and the query tower's."""
+
+    field_dim: int = 32  # field and query tokens share it, since they attend to each other
     d_query: int = 64  # the reasoner's latent query size
     text_dim: int = 256  # the reasoner backbone's hidden size (intent text table); 0 = no text
-    field_dim: int = 32  # field and query tokens share it, since they attend to each other
-    attn_layers: int = 2  # AutoInt layers in the user/context tower, as the baseline
-    attn_heads: int = 2
     query_tokens: int = 4  # one d-vector split into a few tokens: several "aspects" to attend with
     cross_layers: int = 2
-    dim: int = 64  # intent vector size for the dot products
-    n_experts: int = 4
-    expert_hidden: int = 128
-    dropout: float = 0.1
-    id_dropout: float = 0.05  # categorical ids -> OOV bucket in training (see FieldEmbedding)
-    intent_dropout: float = 0.1  # known intents treated as cold in training (see IntentIds)
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "cardinalities", tuple(int(c) for c in self.cardinalities))
-        if any(c < 1 for c in self.cardinalities) or self.n_numeric < 0 or self.n_intents < 1:
-            raise ConfigError(
-                f"QE ranker needs cardinalities >= 1, n_numeric >= 0, n_intents >= 1; got "
-                f"{list(self.cardinalities)}, {self.n_numeric}, {self.n_intents}"
-            )
-        if len(self.cardinalities) + self.n_numeric == 0:
-            raise ConfigError("QE ranker needs at least one categorical or numeric feature")
-        if self.field_dim % self.attn_heads:
-            raise ConfigError(f"field_dim {self.field_dim} must divide by attn_heads {self.attn_heads}")
+        self._check_features("QE ranker")
         if self.d_query < 1 or self.query_tokens < 1 or self.text_dim < 0:
             raise ConfigError("QE ranker needs d_query >= 1, query_tokens >= 1, text_dim >= 0")
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["cardinalities"] = list(self.cardinalities)
-        return d
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> QERankerConfig:
-        return from_dict(cls, d, where=cls.__name__)
-
-
-class QERanker(nn.Module):
+class QERanker(Ranker):
     """Three-tower ranker with mutual cross-attention over a fixed KB of ``n_intents`` intents."""
 
+    KIND = KIND
+    CONFIG = QERankerConfig
+
     def __init__(self, config: QERankerConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         c = config
-        with torch.random.fork_rng(devices=[]):  # seeded init, global RNG untouched
-            torch.manual_seed(c.seed)
-            # user/context tower
-            self.fields = FieldEmbedding(c.cardinalities, c.n_numeric, c.field_dim, c.id_dropout)
-            self.interacting = nn.ModuleList(
-                InteractingLayer(c.field_dim, c.attn_heads, c.dropout) for _ in range(c.attn_layers)
-            )
-            # query tower
-            self.query_in = nn.Linear(c.d_query, c.query_tokens * c.field_dim)
-            self.query_pos = nn.Parameter(torch.randn(c.query_tokens, c.field_dim) * 0.02)
-            # mutual attention
-            self.q_from_f = nn.ModuleList(
-                CrossAttention(c.field_dim, c.attn_heads, dropout=c.dropout) for _ in range(c.cross_layers)
-            )
-            self.f_from_q = nn.ModuleList(
-                CrossAttention(c.field_dim, c.attn_heads, dropout=c.dropout) for _ in range(c.cross_layers)
-            )
-            self.token_norm = nn.LayerNorm(c.field_dim)
-            # intent tower
-            self.intent_ids = IntentIds(c.n_intents, c.dim, c.intent_dropout)
-            # the learned part of the score is scaled by a gate; training sets it to 0 when it
-            # installs the popularity prior (`rgalign.training.context.init_intent_prior`, ReZero):
-            # the ranker then starts as item popularity exactly, and moves away from it only as far
-            # as the valid GAUC rewards (early stopping keeps the starting weights otherwise)
-            self.gate = nn.Parameter(torch.ones(()))
-            self.text_in = nn.Linear(c.text_dim, c.dim) if c.text_dim else None
-            self.intent_mlp = nn.Sequential(nn.Linear(c.dim, 2 * c.dim), nn.GELU(), nn.Linear(2 * c.dim, c.dim))
-            # score heads
-            n_tokens = len(c.cardinalities) + c.n_numeric + c.query_tokens
-            self.head = MixtureOfExpertsScorer(n_tokens * c.field_dim, c.dim, c.n_experts, c.expert_hidden, c.dropout)
-            self.ta_q = nn.Linear(c.dim, c.dim, bias=False)
-            self.ta_k = nn.Linear(c.field_dim, c.dim, bias=False)
-            self.ta_v = nn.Linear(c.field_dim, c.dim, bias=False)
-            self.ta_o = nn.Linear(c.dim, c.dim, bias=False)
         # the KB's intent text embeddings (from the reasoner backbone); zeros until set. A buffer:
         # saved in the checkpoint and exported as a constant, never trained
         self.register_buffer("intent_text_emb", torch.zeros(c.n_intents, max(c.text_dim, 0)))
@@ -141,21 +77,35 @@ class QERanker(nn.Module):
         self.register_buffer("intent_latent", torch.zeros(c.n_intents, c.d_query))
         self.affinity = nn.Parameter(torch.zeros(c.d_query, c.d_query))
 
+    def _build(self, c: QERankerConfig) -> None:
+        self._user_tower(c)
+        # query tower
+        self.query_in = nn.Linear(c.d_query, c.query_tokens * c.field_dim)
+        self.query_pos = nn.Parameter(torch.randn(c.query_tokens, c.field_dim) * 0.02)
+        # mutual attention
+        self.q_from_f = nn.ModuleList(
+            CrossAttention(c.field_dim, c.attn_heads, dropout=c.dropout) for _ in range(c.cross_layers)
+        )
+        self.f_from_q = nn.ModuleList(
+            CrossAttention(c.field_dim, c.attn_heads, dropout=c.dropout) for _ in range(c.cross_layers)
+        )
+        self.token_norm = nn.LayerNorm(c.field_dim)
+        self._intent_tower(c, c.text_dim)
+        # score heads
+        n_tokens = len(c.cardinalities) + c.n_numeric + c.query_tokens
+        self.head = MixtureOfExpertsScorer(n_tokens * c.field_dim, c.dim, c.n_experts, c.expert_hidden, c.dropout)
+        self.ta_q = nn.Linear(c.dim, c.dim, bias=False)
+        self.ta_k = nn.Linear(c.field_dim, c.dim, bias=False)
+        self.ta_v = nn.Linear(c.field_dim, c.dim, bias=False)
+        self.ta_o = nn.Linear(c.dim, c.dim, bias=False)
+
     def set_intent_text_emb(self, emb: torch.Tensor) -> None:
         """Install the KB's text embeddings (N, text_dim), e.g. ``reasoner.encode_texts(texts)``."""
-        want = (self.config.n_intents, self.config.text_dim)
-        if tuple(emb.shape) != want:
-            raise ConfigError(f"intent text embeddings have shape {tuple(emb.shape)}, the QE ranker needs {want}")
-        with torch.no_grad():
-            self.intent_text_emb.copy_(emb.to(self.intent_text_emb))
+        _install(self.intent_text_emb, emb, "intent text embeddings")
 
     def set_intent_latents(self, z: torch.Tensor) -> None:
         """Install the KB's intent latents (N, d_query), e.g. ``reasoner.encode_prompts(texts)``."""
-        want = (self.config.n_intents, self.config.d_query)
-        if tuple(z.shape) != want:
-            raise ConfigError(f"intent latents have shape {tuple(z.shape)}, the QE ranker needs {want}")
-        with torch.no_grad():
-            self.intent_latent.copy_(z.to(self.intent_latent))
+        _install(self.intent_latent, z, "intent latents")
 
     def _affinity(self, query: torch.Tensor) -> torch.Tensor:
         """(B, d) latent queries -> (B, N) bilinear affinity ``q W z_n`` with every intent."""
@@ -166,25 +116,11 @@ class QERanker(nn.Module):
     def request_tokens(self, cat: torch.Tensor, num: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """Fused user/context + query tokens: cat (B, Fc), num (B, Fn), query (B, d)
         -> (B, F + Lq, field_dim)."""
-        f = self.fields(cat, num)
-        for layer in self.interacting:
-            f = layer(f)
+        f = self.field_tokens(cat, num)
         q = self.query_in(query).view(query.shape[0], self.config.query_tokens, -1) + self.query_pos
         for q_att, f_att in zip(self.q_from_f, self.f_from_q):
             q, f = q_att(q, f), f_att(f, q)  # mutual: both read the other's previous tokens
         return self.token_norm(torch.cat([f, q], dim=1))
-
-    def intents(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The KB's intent vectors (N, dim): id embedding (the shared cold one for an intent never
-        shown in training) + projected text embedding, MLP'd; and their biases (N,)."""
-        e, bias = self.intent_ids()
-        if self.text_in is not None:
-            e = e + self.text_in(self.intent_text_emb)
-        return e + self.intent_mlp(e), bias
-
-    def intent_table(self) -> torch.Tensor:
-        """The KB's intent vectors (N, dim)."""
-        return self.intents()[0]
 
     def _score(self, tokens: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """tokens (B, L, field_dim), intent vectors v (B, S, dim) or (1, S, dim) -> (B, S)."""
@@ -218,14 +154,10 @@ class QERanker(nn.Module):
         """Top-k logits and KB indices: ((B, k) float32, (B, k) int64), best first."""
         return torch.topk(self.score_all(cat, num, query), k, dim=-1)
 
-    # ---- checkpoint -------------------------------------------------------------------------
 
-    def save(self, directory: str | os.PathLike) -> Path:
-        return save_module(directory, self, KIND, self.config.to_dict())
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike) -> QERanker:
-        config, state = read_checkpoint(directory, KIND)
-        model = cls(QERankerConfig.from_dict(config))
-        model.load_state_dict(upgrade_ranker_state(state, model.state_dict()))
-        return model.eval()
+def _install(buffer: torch.Tensor, value: torch.Tensor, what: str) -> None:
+    """Copy ``value`` into the KB table ``buffer``, whose shape it must have (N, width)."""
+    if tuple(value.shape) != tuple(buffer.shape):
+        raise ConfigError(f"{what} have shape {tuple(value.shape)}, the QE ranker needs {tuple(buffer.shape)}")
+    with torch.no_grad():
+        buffer.copy_(value.to(buffer))

@@ -35,11 +35,15 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 from google.protobuf import text_format
 
 from rgalign.errors import ConfigError, ServeError
 from rgalign.io import write_text_atomic
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 try:
     # model_config_pb2 ships with tritonclient's grpc extra (the `serve` extra of rgalign).
@@ -250,15 +254,28 @@ class EnsembleStep:
         return step
 
 
+class ModelOptions(TypedDict, total=False):
+    """What every model's config may set besides its name and tensors: the keyword arguments of
+    `python_model`, `onnxruntime_model` and `tensorrt_model` (defaults: `_base`'s). ``parameters``
+    reach a python model as ``json.loads(args["model_config"])["parameters"]``."""
+
+    max_batch_size: int
+    dynamic_batching: mc.ModelDynamicBatching | None
+    instance_groups: Sequence[mc.ModelInstanceGroup]
+    warmup: Sequence[mc.ModelWarmup]
+    parameters: Mapping[str, str]
+
+
 def _base(
     name: str,
     inputs: Sequence[TensorSpec],
     outputs: Sequence[TensorSpec],
-    max_batch_size: int,
-    dynamic_batching: mc.ModelDynamicBatching | None,
-    instance_groups: Sequence[mc.ModelInstanceGroup],
-    warmup: Sequence[mc.ModelWarmup],
-    parameters: Mapping[str, str],
+    *,
+    max_batch_size: int = 0,
+    dynamic_batching: mc.ModelDynamicBatching | None = None,
+    instance_groups: Sequence[mc.ModelInstanceGroup] = (),
+    warmup: Sequence[mc.ModelWarmup] = (),
+    parameters: Mapping[str, str] = {},  # noqa: B006 - read only
 ) -> mc.ModelConfig:
     if not name or "/" in name:
         raise ConfigError(f"invalid model name {name!r}")
@@ -280,22 +297,10 @@ def _base(
 
 
 def python_model(
-    name: str,
-    inputs: Sequence[TensorSpec],
-    outputs: Sequence[TensorSpec],
-    *,
-    max_batch_size: int = 0,
-    dynamic_batching: mc.ModelDynamicBatching | None = None,
-    instance_groups: Sequence[mc.ModelInstanceGroup] = (),
-    warmup: Sequence[mc.ModelWarmup] = (),
-    parameters: Mapping[str, str] = {},  # noqa: B006 - read only
+    name: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], **options: Unpack[ModelOptions]
 ) -> mc.ModelConfig:
-    """A python-backend model (``1/model.py`` defines ``TritonPythonModel``). ``parameters``
-    reach the model as ``json.loads(args["model_config"])["parameters"]``."""
-    config = _base(
-        name, inputs, outputs, max_batch_size, dynamic_batching, instance_groups, warmup,
-        parameters,
-    )  # fmt: skip
+    """A python-backend model (``1/model.py`` defines ``TritonPythonModel``)."""
+    config = _base(name, inputs, outputs, **options)
     config.backend = "python"
     return config
 
@@ -305,20 +310,13 @@ def onnxruntime_model(
     inputs: Sequence[TensorSpec],
     outputs: Sequence[TensorSpec],
     *,
-    max_batch_size: int = 0,
-    dynamic_batching: mc.ModelDynamicBatching | None = None,
-    instance_groups: Sequence[mc.ModelInstanceGroup] = (),
-    warmup: Sequence[mc.ModelWarmup] = (),
-    parameters: Mapping[str, str] = {},  # noqa: B006 - read only
     tensorrt: TensorRTAccelerator | None = None,
     default_model_filename: str = "model.onnx",
+    **options: Unpack[ModelOptions],
 ) -> mc.ModelConfig:
     """A model for Triton's own ONNX Runtime backend (``1/model.onnx``), optionally with the
     TensorRT execution provider as a GPU accelerator."""
-    config = _base(
-        name, inputs, outputs, max_batch_size, dynamic_batching, instance_groups, warmup,
-        parameters,
-    )  # fmt: skip
+    config = _base(name, inputs, outputs, **options)
     config.backend = "onnxruntime"
     config.default_model_filename = default_model_filename
     if tensorrt is not None:
@@ -332,15 +330,13 @@ def tensorrt_model(
     inputs: Sequence[TensorSpec],
     outputs: Sequence[TensorSpec],
     *,
-    max_batch_size: int = 0,
-    dynamic_batching: mc.ModelDynamicBatching | None = None,
-    instance_groups: Sequence[mc.ModelInstanceGroup] = (),
-    warmup: Sequence[mc.ModelWarmup] = (),
     default_model_filename: str = "model.plan",
+    **options: Unpack[ModelOptions],
 ) -> mc.ModelConfig:
-    """A serialized TensorRT engine (``1/model.plan``); it needs a GPU instance group."""
-    groups = instance_groups or (instance_group(kind="gpu"),)
-    config = _base(name, inputs, outputs, max_batch_size, dynamic_batching, groups, warmup, {})
+    """A serialized TensorRT engine (``1/model.plan``); it needs a GPU instance group (one is
+    added when ``instance_groups`` names none)."""
+    groups = options.pop("instance_groups", ()) or (instance_group(kind="gpu"),)
+    config = _base(name, inputs, outputs, instance_groups=groups, **options)
     config.platform = "tensorrt_plan"
     config.default_model_filename = default_model_filename
     return config
@@ -359,7 +355,7 @@ def ensemble_model(
     the model otherwise), so batch on the step models instead."""
     if not steps:
         raise ConfigError(f"ensemble {name!r} needs at least one step")
-    config = _base(name, inputs, outputs, max_batch_size, None, (), (), {})
+    config = _base(name, inputs, outputs, max_batch_size=max_batch_size)
     config.platform = "ensemble"
     config.ensemble_scheduling.step.extend(step.to_proto() for step in steps)
     validate(config)

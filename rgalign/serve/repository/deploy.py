@@ -34,7 +34,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,9 @@ from rgalign.serve.repository import config as tc
 from rgalign.serve.repository import fused
 from rgalign.serve.repository.ensemble import ensemble_config
 from rgalign.serve.repository.readme import README_TEXT
-from rgalign.serve.repository.signature import Signature, external_data, model_files, signature
+from rgalign.serve.repository.signature import (
+    ANSWER, FEATURES, TOP_K, Signature, external_data, model_files, signature,
+)
 from rgalign.serve.repository.warmup import sample_record, warmup_files
 from rgalign.serve.server.live import carry_runtime_files, refuse_unless_forced, request_reload
 
@@ -188,7 +190,7 @@ def _write_preprocess(
     ]
     config = tc.python_model(
         "preprocess",
-        inputs=[tc.TensorSpec("features", "BYTES", (1,))],
+        inputs=[FEATURES],
         outputs=outputs,
         max_batch_size=options.max_batch,
         dynamic_batching=_batching(options),
@@ -263,7 +265,7 @@ def _write_postprocess(repo: Path, export: Path, manifest: Mapping[str, Any], si
         topk_scores,
         topk_idx,
         tc.TensorSpec("all_scores", scores.dtype, scores.dims),
-        tc.TensorSpec("top_k", "INT32", (1,), optional=True),
+        TOP_K,
     ]
     k = topk_idx.dims[0]
     warm = {
@@ -274,7 +276,7 @@ def _write_postprocess(repo: Path, export: Path, manifest: Mapping[str, Any], si
     config = tc.python_model(
         "postprocess",
         inputs=inputs,
-        outputs=[tc.TensorSpec("intent_ids", "BYTES", (-1,)), tc.TensorSpec("scores", "FP32", (-1,))],
+        outputs=list(ANSWER),
         max_batch_size=options.max_batch,
         dynamic_batching=_batching(options),
         instance_groups=_groups(options),

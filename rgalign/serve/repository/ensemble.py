@@ -8,6 +8,7 @@ from typing import Any
 
 from rgalign.artifacts.registry import ENSEMBLE
 from rgalign.serve.repository import config as tc
+from rgalign.serve.repository.signature import ANSWER, FEATURES, TOP_K
 
 
 def ensemble_config(max_batch: int) -> Any:
@@ -38,11 +39,8 @@ def ensemble_config(max_batch: int) -> Any:
     ]
     config = tc.ensemble_model(
         ENSEMBLE,
-        inputs=[
-            tc.TensorSpec("features", "BYTES", (1,)),
-            tc.TensorSpec("top_k", "INT32", (1,), optional=True),
-        ],
-        outputs=[tc.TensorSpec("intent_ids", "BYTES", (-1,)), tc.TensorSpec("scores", "FP32", (-1,))],
+        inputs=[FEATURES, TOP_K],
+        outputs=list(ANSWER),
         steps=steps,
         max_batch_size=max_batch,
     )

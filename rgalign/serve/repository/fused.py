@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from rgalign.serve.repository import config as tc
+from rgalign.serve.repository.signature import ANSWER, FEATURES, TOP_K
 
 MODEL = "rgalign"
 
@@ -65,11 +66,8 @@ def fused_config(
     ``batch_invariant``) as the step models of the ensemble get them."""
     config = tc.python_model(
         MODEL,
-        inputs=[
-            tc.TensorSpec("features", "BYTES", (1,)),
-            tc.TensorSpec("top_k", "INT32", (1,), optional=True),
-        ],
-        outputs=[tc.TensorSpec("intent_ids", "BYTES", (-1,)), tc.TensorSpec("scores", "FP32", (-1,))],
+        inputs=[FEATURES, TOP_K],
+        outputs=list(ANSWER),
         max_batch_size=max_batch,
         dynamic_batching=batching,
         instance_groups=groups,

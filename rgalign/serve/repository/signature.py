@@ -15,6 +15,14 @@ from rgalign.errors import ExportError
 from rgalign.serve.repository import config as tc
 
 
+# The served model's contract (`ENSEMBLE`, whichever layout serves it): one JSON object of raw
+# features per item and an optional k in, the top-k intent ids and scores out. In the ensemble,
+# preprocess reads FEATURES, and postprocess reads TOP_K and writes ANSWER.
+FEATURES = tc.TensorSpec("features", "BYTES", (1,))
+TOP_K = tc.TensorSpec("top_k", "INT32", (1,), optional=True)
+ANSWER = (tc.TensorSpec("intent_ids", "BYTES", (-1,)), tc.TensorSpec("scores", "FP32", (-1,)))
+
+
 # ------------------------------------------------------------------------------------------------
 # Tensor specs from the export's IO signatures
 
