@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rgalign.config import from_dict, to_dict
+from rgalign.models.ranker import RankerConfig
 
 
 @dataclass(frozen=True)
@@ -105,15 +106,16 @@ class RGCLConfig:
 @dataclass(frozen=True)
 class ModelSizes:
     """Ranker architecture knobs shared by the baseline and the QE ranker (same capacity, so the
-    comparison isolates what the latent query adds)."""
+    comparison isolates what the latent query adds). The defaults are `RankerConfig`'s, where
+    each is explained: the one place they are written."""
 
-    field_dim: int = 16
-    attn_layers: int = 2
-    attn_heads: int = 2
-    dim: int = 64
-    n_experts: int = 4
-    expert_hidden: int = 128
-    dropout: float = 0.1
+    field_dim: int = RankerConfig.field_dim
+    attn_layers: int = RankerConfig.attn_layers
+    attn_heads: int = RankerConfig.attn_heads
+    dim: int = RankerConfig.dim
+    n_experts: int = RankerConfig.n_experts
+    expert_hidden: int = RankerConfig.expert_hidden
+    dropout: float = RankerConfig.dropout
 
 
 @dataclass(frozen=True)
