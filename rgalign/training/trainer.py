@@ -30,7 +30,7 @@ from rgalign.models.prompt import PromptFields, build_target
 from rgalign.models.qe_ranker import QERanker
 from rgalign.models.reasoner import Reasoner
 from rgalign.models.tokenizer import load_tokenizer, train_tokenizer
-from rgalign.training import loops
+from rgalign.training import finetune, loops
 from rgalign.training.alignment import RGA_STAGES
 from rgalign.training.config import TrainConfig
 from rgalign.training.distributed import DistInfo, barrier, init_distributed
@@ -111,20 +111,22 @@ def stage_warmup(ctx: Context) -> None:
     prompts, targets = warmup_examples(ctx)
     if not prompts:
         raise TrainError("stage 1: no training request has a click; the warm-up SFT needs clicked intents")
+    tuning = finetune.start(reasoner, ctx.config)  # LoRA / checkpointing / bf16 as the config says
     res = loops.train_sft(
         reasoner, ctx.tokenizer, prompts, targets, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
         max_len=reasoner.config.max_len, seed=ctx.config.seed, dist=ctx.dist, description="1 warm-up SFT",
-        quiet=ctx.quiet,
+        quiet=ctx.quiet, autocast=tuning.autocast,
     )
+    tuning.merge()  # a plain model on disk: what stage 2 and the export load
 
     def save(d: Path) -> None:
         reasoner.save(d / "reasoner")
         write_text_atomic(d / "losses.csv", res.log.to_csv())
 
     ctx.finish(1, save, {"prompt_budget": ctx.prompt_budget.to_dict(), "seconds": res.seconds, "examples": len(prompts), "examples_per_s": res.examples_per_s,
-                         "tokens_per_s": res.tokens_per_s, "final_lm_loss": res.final_loss})
+                         "tokens_per_s": res.tokens_per_s, "final_lm_loss": res.final_loss, "finetune": tuning.info()})
     ctx.log(f"stage 1 warm-up: {len(prompts)} examples, final LM loss {res.final_loss:.3f}, {res.seconds:.0f} s, "
-            f"{res.examples_per_s:.1f} examples/s")
+            f"{res.examples_per_s:.1f} examples/s{finetune.summary(tuning)}")
 
 
 # ---- stage 2: QE reward ranker on the frozen reasoner -----------------------------------------
@@ -187,7 +189,9 @@ def prepare(data: str | Path, out: str | Path, config: TrainConfig, dist: DistIn
         prev = read_json(run.run_json)
         if prev["data"]["sha256"] != fp:
             raise ConfigError(f"{run.root} was trained on other data ({prev['data']['path']}); use a new --out")
-        if prev["config"] != config.to_dict():
+        # the saved config read back through TrainConfig: keys added since it was written take
+        # their defaults, so a run started before them resumes (a changed value still refuses)
+        if TrainConfig.from_dict(prev["config"]).to_dict() != config.to_dict():
             raise ConfigError(f"{run.root} was started with another config; resume with the same one or use a new --out")
         if prev["seed"] != config.seed:
             raise ConfigError(f"{run.root} was started with seed {prev['seed']}; use a new --out for seed {config.seed}")
