@@ -17,7 +17,8 @@ from rgalign.cli._app import app
 from rgalign.data.synth import synthesize
 from rgalign.errors import ConfigError, TrainError
 from rgalign.training import trainer
-from rgalign.training.alignment import CANDIDATES, _Frozen
+from rgalign.training.alignment import CANDIDATES
+from rgalign.training.rga import FrozenModels
 from rgalign.models.reasoner import Reasoner
 from rgalign.training.config import TrainConfig
 from rgalign.training.context import LATENTS, load_latents, prefetch_test_latents
@@ -151,7 +152,7 @@ def test_prefetched_test_latents_are_the_evaluations_and_leave_the_rng_alone(rga
 
 
 def test_the_frozen_guard_catches_a_change():
-    frozen = _Frozen(model=torch.nn.Linear(3, 2))
+    frozen = FrozenModels(model=torch.nn.Linear(3, 2))
     assert frozen.check("x") == {"model": True}
     with torch.no_grad():
         frozen.models["model"].weight[0, 0] += 1e-3

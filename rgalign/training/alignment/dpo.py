@@ -1,0 +1,139 @@
+"""Stage 4, DPO on the (best, worst) pairs of stage 3's pools, the RG-SFT model as the frozen
+reference; skipped, with its reason, when no pair clears the reward model's noise margin."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from rgalign.io import write_text_atomic
+from rgalign.models.reasoner import Reasoner
+from rgalign.models.tokenizer import encode_pairs
+from rgalign.training import loops, rga
+from rgalign.training.context import Context
+from rgalign.training.alignment.common import previous_stage, read_pools, stage_seed, train_policy
+
+
+class _SequenceLogprobs(nn.Module):
+    """``Reasoner.sequence_logprobs`` as a module ``forward``, so DDP all-reduces its gradients."""
+
+    def __init__(self, reasoner: nn.Module) -> None:
+        super().__init__()
+        self.reasoner = reasoner
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.reasoner.sequence_logprobs(input_ids, attention_mask, labels)
+
+
+def stage_dpo(ctx: Context, round_: int) -> None:
+    c = ctx.config.dpo
+    src = previous_stage(ctx, 3, round_)
+    pools = read_pools(src)
+    prompts_all = ctx.prompts("train")
+    rewards = torch.tensor([p["rewards"] for p in pools], dtype=torch.float32)
+    pairs = rga.dpo_pairs([prompts_all[p["row"]] for p in pools], [p["candidates"] for p in pools], rewards,
+                          min_margin=c.min_margin)
+    available = len(pairs)
+    best_margin = rga.best_of_n(rewards)[2] if len(pools) else torch.zeros(0)
+    seed = stage_seed(ctx, 4, round_)
+    if len(pairs) > c.max_pairs:
+        keep = np.sort(np.random.default_rng(seed).choice(len(pairs), c.max_pairs, replace=False))
+        pairs = [pairs[i] for i in keep]
+    if not pairs:
+        # no preference clears the reward model's noise: it scores the candidate queries (almost)
+        # alike, e.g. a ranker that early stopping kept near its start, item popularity, reads
+        # little of the latent query. DPO on such pairs would learn the noise: the RG-SFT
+        # reasoner goes on unchanged, and stage.json says why (a config can lower dpo.min_margin)
+        top = float(best_margin.max()) if len(best_margin) else 0.0
+        reason = (f"no (best, worst) pair has a reward margin >= {c.min_margin} among {len(pools)} pools (largest "
+                  f"{top:.4f}): the reward model scores the candidate queries almost alike")
+
+        def keep_policy(d: Path) -> None:
+            import shutil
+
+            shutil.copytree(src / "reasoner", d / "reasoner")
+
+        ctx.finish(4, keep_policy, {"seconds": 0.0, "pairs": 0, "pairs_available": 0, "pools": len(pools),
+                                    "skipped": reason, "policy_from": ctx.relative(src / "reasoner"),
+                                    "reference": ctx.relative(src / "reasoner"),
+                                    "frozen_unchanged": {"reference": True}}, round_)  # copied, never loaded
+        ctx.log(f"stage 4 dpo (round {round_}): skipped, {reason}")
+        return
+    # a held-out share of the pairs, never trained on: whether DPO learned a preference that
+    # generalises (reward accuracy, loss vs ln 2) is read on them, not on the training batches
+    n_held = int(round(c.held_out_fraction * len(pairs))) if len(pairs) >= 10 else 0
+    perm = np.random.default_rng(seed + 7).permutation(len(pairs))
+    held = [pairs[i] for i in np.sort(perm[:n_held])]
+    pairs = [pairs[i] for i in np.sort(perm[n_held:])]
+    policy = Reasoner.load(src / "reasoner")
+    frozen = rga.FrozenModels(reference=Reasoner.load(src / "reasoner"))
+    reference = frozen.models["reference"]
+    tok, max_len = policy.tokenizer, policy.config.max_len
+    t0 = time.perf_counter()
+    held_before = _dpo_eval(reference, reference, held, c.beta)
+    prompts = [p.prompt for p in pairs]
+    ref_c = rga.batched_sequence_logprobs(reference, tok, prompts, [p.chosen for p in pairs], batch_size=64)
+    ref_r = rga.batched_sequence_logprobs(reference, tok, prompts, [p.rejected for p in pairs], batch_size=64)
+
+    model = loops._wrap(_SequenceLogprobs(policy), ctx.dist, find_unused=True)
+
+    def step(idx: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
+        n = len(idx)
+        enc = encode_pairs(tok, [prompts[i] for i in idx] * 2,
+                           [pairs[i].chosen for i in idx] + [pairs[i].rejected for i in idx], max_len)
+        logps = model(enc["input_ids"], enc["attention_mask"], enc["labels"]).float()
+        return rga.dpo_loss(logps[:n], logps[n:], ref_c[idx], ref_r[idx], beta=c.beta)
+
+    # a pair's rows pad to its longer answer; RG-CL keeps random batches (its in-batch negatives)
+    lengths = loops.pair_lengths(tok, prompts, [p.chosen for p in pairs], [p.rejected for p in pairs])
+    log = train_policy(ctx, policy, len(pairs), step, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
+                        weight_decay=0.0, seed=seed, description=f"4 DPO (round {round_})", lengths=lengths)
+    held_after = _dpo_eval(policy, reference, held, c.beta)
+    seconds = time.perf_counter() - t0
+    checks = frozen.check("stage 4")
+    tail = log.rows[-20:]
+
+    def save(d: Path) -> None:
+        policy.save(d / "reasoner")
+        write_text_atomic(d / "losses.csv", log.to_csv())
+
+    info = {
+        "seconds": seconds, "pairs": len(pairs), "pairs_available": available, "pools": len(pools),
+        "beta": c.beta, "min_margin": c.min_margin,
+        "final_loss": float(np.mean([r["loss"] for r in tail])),
+        "final_reward_accuracy": float(np.mean([r["reward_accuracy"] for r in tail])),
+        "final_reward_margin": float(np.mean([r["reward_margin"] for r in tail])),
+        "pairs_per_s": len(pairs) * c.epochs / seconds,
+        "held_out": {"pairs": len(held), **{f"{k}": v for k, v in held_after.items()},
+                     "before": held_before, "ln2": math.log(2.0)},
+        "policy_from": ctx.relative(src / "reasoner"), "reference": ctx.relative(src / "reasoner"),
+        "frozen_unchanged": checks,
+    }
+    ctx.finish(4, save, info, round_)
+    held_txt = (f"; held-out {len(held)} pairs: loss {held_after['loss']:.3f} (ln 2 = 0.693), reward accuracy "
+                f"{held_after['reward_accuracy']:.2f}" if held else "")
+    ctx.log(f"stage 4 dpo (round {round_}): {len(pairs)} pairs (of {available} over the margin), loss "
+            f"{info['final_loss']:.3f}, reward accuracy {info['final_reward_accuracy']:.2f}{held_txt}, {seconds:.0f} s")
+
+
+@torch.no_grad()
+def _dpo_eval(policy: Reasoner, reference: Reasoner, pairs: list, beta: float) -> dict[str, float]:
+    """DPO loss and reward accuracy of ``policy`` against ``reference`` on ``pairs`` (no training)."""
+    if not pairs:
+        return {}
+    tok, prompts = policy.tokenizer, [p.prompt for p in pairs]
+    args = dict(batch_size=64)
+    pc = rga.batched_sequence_logprobs(policy, tok, prompts, [p.chosen for p in pairs], **args)
+    pr = rga.batched_sequence_logprobs(policy, tok, prompts, [p.rejected for p in pairs], **args)
+    if policy is reference:
+        rc, rr = pc, pr
+    else:
+        rc = rga.batched_sequence_logprobs(reference, tok, prompts, [p.chosen for p in pairs], **args)
+        rr = rga.batched_sequence_logprobs(reference, tok, prompts, [p.rejected for p in pairs], **args)
+    loss, stats = rga.dpo_loss(pc.float(), pr.float(), rc.float(), rr.float(), beta=beta)
+    return {"loss": stats["loss"], "reward_accuracy": stats["reward_accuracy"], "reward_margin": stats["reward_margin"]}

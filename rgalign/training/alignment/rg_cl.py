@@ -1,0 +1,116 @@
+"""Stage 5, RG-CL: InfoNCE from the prompt's latent query to the preferred query's latent mixed with
+the clicked intents' latents, with in-batch and KB negatives."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rgalign.io import write_text_atomic
+from rgalign.models.reasoner import Reasoner
+from rgalign.models.tokenizer import encode_prompts
+from rgalign.training import loops, rga
+from rgalign.training.context import Context
+from rgalign.training.alignment.common import (
+    clicked_rows, previous_stage, read_pools, slate, stage_seed, train_policy,
+)
+
+
+def _latents_with_grad(model: nn.Module, tok: Any, prompts: list[str], max_len: int) -> torch.Tensor:
+    enc = encode_prompts(tok, prompts, max_len)
+    return model(enc["input_ids"], enc["attention_mask"])
+
+
+@torch.no_grad()
+def _kb_retrieval(reasoner: Reasoner, prompts: list[str], clicked: torch.Tensor, kb_latents: torch.Tensor,
+                  batch_size: int, k: int = 10) -> dict[str, float]:
+    """How well the latent queries point at the clicked intents among the whole KB: the fraction
+    of requests with a clicked intent in the top ``k`` KB latents by cosine (``hit@k``) and the
+    mean cosine to the clicked ones (``cosine``). clicked: (R, N) bool."""
+    if not prompts:
+        return {f"hit@{k}": float("nan"), "cosine": float("nan")}
+    z = F.normalize(reasoner.encode_prompts(prompts, batch_size=batch_size), dim=-1)
+    sim = z @ F.normalize(kb_latents, dim=-1).T  # (R, N)
+    top = sim.topk(min(k, sim.shape[1]), dim=1).indices
+    hit = clicked.gather(1, top).any(dim=1).float().mean()
+    cos = (sim * clicked).sum(1) / clicked.sum(1).clamp(min=1)
+    return {f"hit@{k}": float(hit), "cosine": float(cos.mean())}
+
+
+def stage_rg_cl(ctx: Context, round_: int) -> None:
+    c = ctx.config.rg_cl
+    src = previous_stage(ctx, 4, round_)
+    pools = {p["row"]: p for p in read_pools(previous_stage(ctx, 3, round_))}
+    policy = Reasoner.load(src / "reasoner")
+    frozen = rga.FrozenModels(target_encoder=Reasoner.load(src / "reasoner"))
+    snapshot = frozen.models["target_encoder"]
+    tok, max_len = policy.tokenizer, policy.config.max_len
+    seed = stage_seed(ctx, 5, round_)
+    t0 = time.perf_counter()
+
+    # requests: every stage-3 pool (they have a preferred query), then more clicked requests
+    rows = np.array(sorted(pools), dtype=np.int64)
+    extra = np.setdiff1d(clicked_rows(ctx, c.max_requests + len(rows), seed), rows)
+    extra = extra[: max(0, c.max_requests - len(rows))]
+    prompts_all = ctx.prompts("train")
+    kb_latents = snapshot.encode_prompts(list(ctx.encoders.intent_texts), batch_size=ctx.config.infer_batch)
+    pref = rga.candidate_latents(
+        snapshot, tok, [prompts_all[r] for r in rows], [[pools[r]["candidates"][pools[r]["best"]]] for r in rows]
+    ).squeeze(1)
+    b3, bx = slate(ctx, rows), slate(ctx, extra)
+    pos3, has3, neg3 = rga.clicked_intent_targets(kb_latents, b3["shown"], b3["labels"], b3["mask"], pref,
+                                                  c.preferred_weight)
+    posx, hasx, negx = rga.clicked_intent_targets(kb_latents, bx["shown"], bx["labels"], bx["mask"])
+    all_rows = np.concatenate([rows, extra])
+    positives, has, neg_mask = torch.cat([pos3, posx]), torch.cat([has3, hasx]), torch.cat([neg3, negx])
+    keep = has.numpy()
+    all_rows, positives, neg_mask = all_rows[keep], positives[keep], neg_mask[keep]
+    prompts = [prompts_all[r] for r in all_rows]
+
+    # held-out alignment: do valid requests' latent queries point at their clicked intents?
+    va = ctx.splits["valid"]
+    vrows = np.flatnonzero((va.mask & (va.labels > 0)).any(axis=1))[:500]
+    _, _, not_clicked = rga.clicked_intent_targets(
+        kb_latents, torch.from_numpy(va.shown[vrows]), torch.from_numpy(va.labels[vrows]), torch.from_numpy(va.mask[vrows])
+    )
+    vprompts = [ctx.prompts("valid")[r] for r in vrows]
+    before = _kb_retrieval(policy, vprompts, ~not_clicked, kb_latents, ctx.config.infer_batch)
+
+    model = loops._wrap(policy, ctx.dist, find_unused=True)  # the LM head gets no gradient here
+    negatives = kb_latents if c.kb_negatives else None
+
+    def step(idx: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
+        anchor = _latents_with_grad(model, tok, [prompts[i] for i in idx], max_len)
+        loss = rga.info_nce(anchor, positives[idx], negatives, c.temperature,
+                            neg_mask[idx] if negatives is not None else None)
+        return loss, {"info_nce": float(loss.detach())}
+
+    log = train_policy(ctx, policy, len(prompts), step, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
+                        weight_decay=0.01, seed=seed, description=f"5 RG-CL (round {round_})")
+    after = _kb_retrieval(policy, vprompts, ~not_clicked, kb_latents, ctx.config.infer_batch)
+    seconds = time.perf_counter() - t0
+    checks = frozen.check("stage 5")
+
+    def save(d: Path) -> None:
+        policy.save(d / "reasoner")
+        write_text_atomic(d / "losses.csv", log.to_csv())
+
+    info = {
+        "seconds": seconds, "requests": len(prompts), "with_preferred_query": int(keep[: len(rows)].sum()),
+        "temperature": c.temperature, "preferred_weight": c.preferred_weight, "kb_negatives": c.kb_negatives,
+        "first_loss": log.rows[0]["info_nce"] if log.rows else math.nan,
+        "final_loss": float(np.mean([r["info_nce"] for r in log.rows[-20:]])) if log.rows else math.nan,
+        "valid_kb_retrieval": {"before": before, "after": after},
+        "policy_from": ctx.relative(src / "reasoner"), "frozen_unchanged": checks,
+    }
+    ctx.finish(5, save, info, round_)
+    ctx.log(f"stage 5 rg-cl (round {round_}): {len(prompts)} requests, InfoNCE {info['first_loss']:.3f} -> "
+            f"{info['final_loss']:.3f}, valid clicked intent in the latent's KB top-10 {before['hit@10']:.3f} -> "
+            f"{after['hit@10']:.3f}, {seconds:.0f} s")

@@ -1,0 +1,94 @@
+"""Stage 3, RG-SFT: Best-of-N pools scored by the reward model, SFT of the policy on the best."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rgalign.errors import TrainError
+from rgalign.io import write_text_atomic
+from rgalign.models.qe_ranker import QERanker
+from rgalign.models.reasoner import Reasoner
+from rgalign.training import loops, rga
+from rgalign.training.context import Context, require_reasoner
+from rgalign.artifacts.run import final_models
+from rgalign.training.alignment.common import CANDIDATES, clicked_rows, slate, stage_seed
+
+
+def stage_rg_sft(ctx: Context, round_: int) -> None:
+    c = ctx.config.rg_sft
+    policy_dir = require_reasoner(ctx, 3)
+    reward_reasoner_dir, ranker_dir = final_models(ctx.run)
+    policy = Reasoner.load(policy_dir)
+    frozen = rga.FrozenModels(reward_model=QERanker.load(ranker_dir), reward_reasoner=Reasoner.load(reward_reasoner_dir))
+    ranker, reward_reasoner = frozen.models["reward_model"], frozen.models["reward_reasoner"]
+    tok = policy.tokenizer
+    seed = stage_seed(ctx, 3, round_)
+    rows = clicked_rows(ctx, c.max_requests, seed)
+    if len(rows) == 0:
+        raise TrainError("stage 3: no training request has a click; RG-SFT needs clicked intents")
+    prompts = [ctx.prompts("train")[r] for r in rows]
+    b = slate(ctx, rows)
+    kb = list(ctx.encoders.intent_texts)
+
+    t0 = time.perf_counter()
+    own = reward_reasoner.encode_prompts(prompts, batch_size=ctx.config.infer_batch)
+    with loops.torch_threads(1), torch.no_grad():
+        prior = ranker.score_all(b["cat"], b["num"], own)
+    cands = rga.candidate_queries(
+        policy, tok, prompts, kb, prior, n=c.n_candidates, n_sampled=c.n_sampled, temperature=c.temperature,
+        top_p=c.top_p, max_new_tokens=c.max_new_tokens, seed=seed,
+    )
+    t_sample = time.perf_counter() - t0
+    lat = rga.candidate_latents(reward_reasoner, tok, prompts, cands)
+    with loops.torch_threads(1):
+        rewards = rga.reward_scores(ranker, b["cat"], b["num"], lat, b["shown"], b["labels"], b["mask"], kind=c.reward)
+        own_reward = rga.reward_scores(ranker, b["cat"], b["num"], own.unsqueeze(1), b["shown"], b["labels"],
+                                       b["mask"], kind=c.reward).squeeze(1)
+    best, worst, margin = rga.best_of_n(rewards)
+    t_score = time.perf_counter() - t0 - t_sample
+
+    sft_prompts, sft_targets = rga.sft_examples(prompts, cands, best)
+    res = loops.train_sft(
+        policy, tok, sft_prompts, sft_targets, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
+        max_len=policy.config.max_len, seed=seed, dist=ctx.dist, description=f"3 RG-SFT (round {round_})",
+        quiet=ctx.quiet,
+    )
+    checks = frozen.check("stage 3")
+
+    kb_keys = {rga.dedup_key(t) for t in kb}
+    best_text = [cs[int(i)] for cs, i in zip(cands, best)]
+    from_samples = float(np.mean([rga.dedup_key(t) not in kb_keys for t in best_text]))
+    request_ids = ctx.splits["train"].request_ids[rows]
+
+    def save(d: Path) -> None:
+        policy.save(d / "reasoner")
+        lines = [
+            json.dumps({"row": int(r), "request_id": str(rid), "candidates": cs, "rewards": [round(float(x), 6) for x in rw],
+                        "best": int(bi), "worst": int(wi)})
+            for r, rid, cs, rw, bi, wi in zip(rows, request_ids, cands, rewards, best, worst)
+        ]
+        write_text_atomic(d / CANDIDATES, "\n".join(lines) + "\n")
+        write_text_atomic(d / "losses.csv", res.log.to_csv())
+
+    info = {
+        "seconds": time.perf_counter() - t0, "sampling_seconds": t_sample, "scoring_seconds": t_score,
+        "sft_seconds": res.seconds, "requests": len(rows), "n_candidates": c.n_candidates,
+        "reward_kind": c.reward,
+        "reward": {
+            "own_latent_mean": float(own_reward.mean()), "candidates_mean": float(rewards.mean()),
+            "best_mean": float(rewards.max(dim=1).values.mean()), "worst_mean": float(rewards.min(dim=1).values.mean()),
+            "margin_mean": float(margin.mean()), "best_from_samples": from_samples,
+        },
+        "final_lm_loss": res.final_loss, "examples_per_s": res.examples_per_s,
+        "policy_from": ctx.relative(policy_dir), "reward_model": ctx.relative(ranker_dir),
+        "reward_reasoner": ctx.relative(reward_reasoner_dir), "frozen_unchanged": checks,
+    }
+    ctx.finish(3, save, info, round_)
+    ctx.log(f"stage 3 rg-sft (round {round_}): {len(rows)} requests x {c.n_candidates} candidates, reward "
+            f"best {info['reward']['best_mean']:.3f} vs own latent {info['reward']['own_latent_mean']:.3f} "
+            f"({100 * from_samples:.0f}% of best sampled), LM loss {res.final_loss:.3f}, {info['seconds']:.0f} s")
