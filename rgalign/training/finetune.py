@@ -67,13 +67,17 @@ def finetune_plan(cfg: FinetuneConfig, *, loaded_backbone: bool, device: torch.d
     )
 
 
-def start(reasoner: nn.Module, config: TrainConfig) -> Tuning:
-    """Set ``reasoner`` up for a stage's training as ``config.finetune`` says; ``auto`` reads
-    whether the run loads its backbone (``--backbone``) from the run's config, not from the
-    reasoner's (a reasoner loaded from a checkpoint always names its folder)."""
+def start_plan(reasoner: nn.Module, config: TrainConfig) -> FinetunePlan:
+    """The plan for ``reasoner`` in a run of ``config``; ``auto`` reads whether the run loads its
+    backbone (``--backbone``) from the run's config, not from the reasoner's (a reasoner loaded
+    from a checkpoint always names its folder)."""
     device = next(reasoner.parameters()).device
-    plan = finetune_plan(config.finetune, loaded_backbone=config.reasoner.backbone is not None, device=device)
-    return Tuning(reasoner, config.finetune, plan)
+    return finetune_plan(config.finetune, loaded_backbone=config.reasoner.backbone is not None, device=device)
+
+
+def start(reasoner: nn.Module, config: TrainConfig) -> Tuning:
+    """Set ``reasoner`` up for a stage's training as ``config.finetune`` says (`start_plan`)."""
+    return Tuning(reasoner, config.finetune, start_plan(reasoner, config))
 
 
 def autocast_for(device: torch.device, bf16: bool) -> Callable[[], AbstractContextManager]:
@@ -125,9 +129,11 @@ class Tuning:
 
     @contextlib.contextmanager
     def base_model(self) -> Iterator[nn.Module]:
-        """The reasoner as it was when the stage began (adapters off): what a frozen copy taken
-        then would compute, without a second copy of the weights. Only with LoRA: a fully
-        fine-tuned model's starting weights are gone, and its stages keep a copy as before."""
+        """The reasoner with its adapters off: its backbone as it was when the stage began, what
+        a frozen copy taken then would compute, without a second copy of the weights (the DPO
+        reference). The head is not adapted but trained in place: it is the current one. Only
+        with LoRA: a fully fine-tuned model's starting weights are gone, and its stages keep a
+        copy as before."""
         if self.peft is None:
             raise RuntimeError("base_model() needs LoRA: without adapters the starting weights are not kept")
         with self.peft.disable_adapter():
