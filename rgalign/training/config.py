@@ -12,6 +12,15 @@ from typing import Any
 from rgalign.config import from_dict, to_dict
 
 
+def _positive(obj: Any, *names: str) -> None:
+    """A count or rate that must be > 0: 0 batches, epochs or rate would fail deep inside torch
+    (a division by zero, "Invalid learning rate") instead of here, naming the key."""
+    for name in names:
+        value = getattr(obj, name)
+        if not value > 0:
+            raise ValueError(f"{name}={value!r}: must be > 0")
+
+
 @dataclass(frozen=True)
 class RankerStageConfig:
     """Training of a ranker (stage 0 baseline, stage 2 reward model, stage 6 calibration)."""
@@ -25,6 +34,9 @@ class RankerStageConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-5
     alpha_bce: float = 0.5  # pointwise BCE weight, for calibrated probabilities (logloss)
+
+    def __post_init__(self) -> None:
+        _positive(self, "epochs", "patience", "min_check_steps", "batch_size", "lr")
 
 
 @dataclass(frozen=True)
@@ -42,6 +54,7 @@ class CalibrateConfig(RankerStageConfig):
     max_requests: int | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.max_requests is not None and self.max_requests < 1:
             raise ValueError(f"max_requests={self.max_requests}: give at least 1, or null for every training request")
 
@@ -54,6 +67,9 @@ class WarmupConfig:
     epochs: int = 1
     batch_size: int = 32
     lr: float = 1e-3  # a from-scratch 4-layer model tolerates a high rate; linear decay to 0
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_examples", "epochs", "batch_size", "lr")
 
 
 @dataclass(frozen=True)
@@ -71,6 +87,9 @@ class RGSFTConfig:
     batch_size: int = 32
     lr: float = 3e-4  # a fine-tune of the warmed-up reasoner: a third of the warm-up's rate
 
+    def __post_init__(self) -> None:
+        _positive(self, "max_requests", "n_candidates", "max_new_tokens", "epochs", "batch_size", "lr", "temperature")
+
 
 @dataclass(frozen=True)
 class DPOConfig:
@@ -87,6 +106,9 @@ class DPOConfig:
     batch_size: int = 16  # pairs per step (32 sequences through the policy)
     lr: float = 3e-4
 
+    def __post_init__(self) -> None:
+        _positive(self, "beta", "max_pairs", "epochs", "batch_size", "lr")
+
 
 @dataclass(frozen=True)
 class RGCLConfig:
@@ -100,6 +122,9 @@ class RGCLConfig:
     temperature: float = 0.1
     preferred_weight: float = 0.5  # share of the preferred query in the positive (rest: clicked intents)
     kb_negatives: bool = True
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_requests", "epochs", "batch_size", "lr", "temperature")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import torch
 from rgalign.data.encoders import FeatureEncoders
 from rgalign.data.loader import Dataset, load_dataset
 from rgalign.data.requests import build_requests
-from rgalign.errors import ConfigError, TrainError
+from rgalign.errors import ConfigError, RgalignError, TrainError
 from rgalign.io import read_json, write_json_atomic, write_text_atomic
 from rgalign.metrics import abs_deltas, relative_deltas
 from rgalign.models.baseline import AutoIntMoE, BaselineConfig
@@ -30,6 +30,7 @@ from rgalign.models.prompt import PromptFields, build_target
 from rgalign.models.qe_ranker import QERanker
 from rgalign.models.reasoner import Reasoner
 from rgalign.models.tokenizer import load_tokenizer, train_tokenizer
+from rgalign.progress import first_line
 from rgalign.training import finetune, loops
 from rgalign.training.alignment import RGA_STAGES
 from rgalign.training.config import TrainConfig
@@ -51,7 +52,10 @@ def parse_stages(spec: str) -> list[int]:
     try:
         for part in spec.split(","):
             lo, _, hi = part.strip().partition("-")
-            out.extend(range(int(lo), int(hi or lo) + 1))
+            first, last = int(lo), int(hi or lo)
+            if last < first:  # range() would be empty: a run that trains nothing and says nothing
+                raise ConfigError(f"--stages {spec!r}: {first}-{last} runs backwards; write {last}-{first}")
+            out.extend(range(first, last + 1))
     except ValueError:
         raise ConfigError(f"--stages {spec!r}: expected a range like 0-2 or a list like 0,1,2") from None
     bad = [s for s in out if s not in STAGE_NAMES]
@@ -196,7 +200,10 @@ def prepare(data: str | Path, out: str | Path, config: TrainConfig, dist: DistIn
         if prev["seed"] != config.seed:
             raise ConfigError(f"{run.root} was started with seed {prev['seed']}; use a new --out for seed {config.seed}")
     elif dist.is_main:
-        run.root.mkdir(parents=True, exist_ok=True)
+        try:
+            run.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TrainError(f"cannot create the run folder {run.root}: {e.strerror or e}") from None
         run.write_run_json(seed=config.seed, config=config.to_dict(), data_root=dataset.root, data_fingerprint=fp)
     fields = PromptFields.from_schema(dataset.schema)
     if run.encoders_json.exists():
@@ -290,10 +297,18 @@ def train(
             ctx.log(f"{label}: finished earlier, skipped")
             continue
         torch.manual_seed(config.seed * 1000 + 100 * round_ + index)
-        if index in STAGES:
-            STAGES[index](ctx)
-        else:
-            RGA_STAGES[index](ctx, round_)
+        try:
+            if index in STAGES:
+                STAGES[index](ctx)
+            else:
+                RGA_STAGES[index](ctx, round_)
+        except RgalignError:
+            raise
+        except Exception as e:  # noqa: BLE001 - torch / peft / numpy inside a stage: one line naming it
+            raise TrainError(
+                f"{label} failed: {type(e).__name__}: {first_line(e)[:400]} (finished stages are kept: rerun the "
+                "same command to resume; --verbose shows the traceback)"
+            ) from e
     result: dict[str, Any] = {}
     if dist.is_main:
         result = evaluate_run(ctx)
