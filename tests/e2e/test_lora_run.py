@@ -16,11 +16,14 @@ from fakes import E2E_DATA, TINY_TRAIN
 from rgalign.artifacts.run import RunDir
 from rgalign.data.synth import synthesize
 from rgalign.models.reasoner import Reasoner
-from rgalign.training.alignment import CANDIDATES
+from rgalign.training.alignment import CANDIDATES, RGA_STAGES
+from rgalign.training.distributed import DistInfo
 from rgalign.training import trainer
 from rgalign.training.config import TrainConfig
 
-LORA = {**TINY_TRAIN, "rg_cl": {**TINY_TRAIN["rg_cl"], "max_requests": 40},
+LORA = {**TINY_TRAIN, "warmup": {"max_examples": 24, "batch_size": 8}, "reward": {"epochs": 1, "batch_size": 64},
+        "rg_sft": {**TINY_TRAIN["rg_sft"], "max_requests": 24, "n_candidates": 4, "n_sampled": 2},
+        "rg_cl": {**TINY_TRAIN["rg_cl"], "max_requests": 32},
         "finetune": {"lora": "on", "gradient_checkpointing": "on", "lora_rank": 4}}
 
 
@@ -28,8 +31,12 @@ LORA = {**TINY_TRAIN, "rg_cl": {**TINY_TRAIN["rg_cl"], "max_requests": 40},
 def lora_run(tmp_path_factory) -> Path:
     data = synthesize(tmp_path_factory.mktemp("data") / "d", **E2E_DATA)
     out = tmp_path_factory.mktemp("runs") / "lora"
-    cfg = TrainConfig.from_dict(LORA)
-    trainer.train(data, out, cfg, [1, 2, 3], log=lambda m: None, quiet=True)
+    # the stages themselves, without `train`'s evaluation of every stage at the end (what is
+    # tested here is what the stages write)
+    ctx = trainer.prepare(data, out, TrainConfig.from_dict(LORA), DistInfo(), lambda m: None, True)
+    for i in (1, 2):
+        trainer.STAGES[i](ctx)
+    RGA_STAGES[3](ctx, 0)
     # a reward model of this size scores every candidate alike (DPO would skip): give the pools
     # the opinions of one that does not, first candidate best, so stage 4 trains on real pairs
     pools = RunDir(out).stage_dir(3) / CANDIDATES
@@ -37,7 +44,8 @@ def lora_run(tmp_path_factory) -> Path:
     for r in rows:
         r["rewards"] = [1.0 - 0.1 * k for k in range(len(r["candidates"]))]
     pools.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    trainer.train(data, out, cfg, [4, 5], log=lambda m: None, quiet=True)
+    RGA_STAGES[4](ctx, 0)
+    RGA_STAGES[5](ctx, 0)
     return out
 
 
