@@ -143,6 +143,7 @@ def main() -> None:
                    check=True)
     backbone = args.out / "backbone"
     result: dict = {
+        "argv": sys.argv,
         "what": "stage 1 (warm-up SFT) of a Qwen3-0.6B-shape reasoner, tiny budget, full fine-tuning vs LoRA; "
                 "then train --stages 0-2 with LoRA (auto), each `rgalign train` in its own process",
         "shape": {**QWEN3_06B, "num_hidden_layers": args.layers}, "budget": BUDGET,
