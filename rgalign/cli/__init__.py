@@ -65,6 +65,14 @@ def main(argv: list[str] | None = None) -> None:
             console.print_exception()
         e.show()
         sys.exit(e.exit_code)
+    except OSError as e:  # the machine's, not a bug: a folder that cannot be written, a full disk
+        if state.verbose:
+            console.print_exception()
+        what = e.strerror or str(e).strip() or type(e).__name__
+        where = f": {e.filename}" if e.filename else ""
+        console.print(f"[bold red]error:[/] {escape(what)}{escape(str(where))} ({type(e).__name__})",
+                      highlight=False, soft_wrap=True)
+        sys.exit(1)
     except Exception as e:  # noqa: BLE001 - a bug or an unforeseen failure: still one line
         if state.verbose:
             raise

@@ -99,6 +99,11 @@ def train_cmd(
     stages: str = typer.Option("0-6", "--stages", help="Stages to run, e.g. 0-6, 0-2 or 0,2 (SPEC §3)."),
     rounds: int = typer.Option(1, "--rounds", min=1, help="Rounds of the closed loop: stages 3-6 run this many times."),
     backbone: str = typer.Option(None, "--backbone", help="Reasoner backbone: a local Hugging Face causal-LM folder."),
+    lora: str = typer.Option(
+        None, "--lora",
+        help="auto|on|off: LoRA adapters on the reasoner in stages 1, 3-5, merged at each stage's end (auto: on for "
+             "a --backbone, off for the built-in one; rank, alpha, targets: the config's finetune section).",
+    ),
     seed: int = typer.Option(None, "--seed", help="Random seed (overrides the config's)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     dist: str = typer.Option("auto", "--dist", help="Under torchrun: how the reasoner's SFT spreads over the "
@@ -112,7 +117,7 @@ def train_cmd(
     from rgalign.training.config import TrainConfig
     from rgalign.training.trainer import parse_stages, train
 
-    cfg = TrainConfig.from_dict(_read_config(config)).with_backbone(backbone)
+    cfg = TrainConfig.from_dict(_read_config(config)).with_backbone(backbone).with_lora(lora)
     if seed is not None:
         cfg = replace(cfg, seed=seed)
     result = train(data, out, cfg, parse_stages(stages), rounds=rounds, log=lambda m: console.print(m, highlight=False), quiet=quiet,

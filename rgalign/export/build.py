@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -216,9 +217,16 @@ def _export_run(
 
 
 def _check_out_dir(out_dir: Path) -> None:
-    """Refuse to replace a folder that is neither empty nor an export: the swap replaces it whole."""
+    """Refuse to replace a folder that is neither empty nor an export: the swap replaces it whole.
+    And find out now, before minutes of work, whether the export can be written beside it."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"{out_dir} exists and is not a folder")
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out_dir.name}.probe.", dir=out_dir.parent))
+    except OSError as e:
+        raise ExportError(f"cannot write the export {out_dir}: {out_dir.parent}: {e.strerror or e}; "
+                          "choose a writable --out") from None
     if out_dir.is_dir() and not (out_dir / "manifest.json").is_file():
         other = sorted(p.name for p in out_dir.iterdir() if p.name not in KEPT_FILES)
         if other:

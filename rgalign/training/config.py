@@ -13,6 +13,15 @@ from rgalign.config import from_dict, to_dict
 from rgalign.models.ranker import RankerConfig
 
 
+def _positive(obj: Any, *names: str) -> None:
+    """A count or rate that must be > 0: 0 batches, epochs or rate would fail deep inside torch
+    (a division by zero, "Invalid learning rate") instead of here, naming the key."""
+    for name in names:
+        value = getattr(obj, name)
+        if not value > 0:
+            raise ValueError(f"{name}={value!r}: must be > 0")
+
+
 @dataclass(frozen=True)
 class RankerStageConfig:
     """Training of a ranker (stage 0 baseline, stage 2 reward model, stage 6 calibration)."""
@@ -26,6 +35,9 @@ class RankerStageConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-5
     alpha_bce: float = 0.5  # pointwise BCE weight, for calibrated probabilities (logloss)
+
+    def __post_init__(self) -> None:
+        _positive(self, "epochs", "patience", "min_check_steps", "batch_size", "lr")
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,7 @@ class CalibrateConfig(RankerStageConfig):
     max_requests: int | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.max_requests is not None and self.max_requests < 1:
             raise ValueError(f"max_requests={self.max_requests}: give at least 1, or null for every training request")
 
@@ -55,6 +68,9 @@ class WarmupConfig:
     epochs: int = 1
     batch_size: int = 32
     lr: float = 1e-3  # a from-scratch 4-layer model tolerates a high rate; linear decay to 0
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_examples", "epochs", "batch_size", "lr")
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,9 @@ class RGSFTConfig:
     batch_size: int = 32
     lr: float = 3e-4  # a fine-tune of the warmed-up reasoner: a third of the warm-up's rate
 
+    def __post_init__(self) -> None:
+        _positive(self, "max_requests", "n_candidates", "max_new_tokens", "epochs", "batch_size", "lr", "temperature")
+
 
 @dataclass(frozen=True)
 class DPOConfig:
@@ -88,6 +107,9 @@ class DPOConfig:
     batch_size: int = 16  # pairs per step (32 sequences through the policy)
     lr: float = 3e-4
 
+    def __post_init__(self) -> None:
+        _positive(self, "beta", "max_pairs", "epochs", "batch_size", "lr")
+
 
 @dataclass(frozen=True)
 class RGCLConfig:
@@ -101,6 +123,9 @@ class RGCLConfig:
     temperature: float = 0.1
     preferred_weight: float = 0.5  # share of the preferred query in the positive (rest: clicked intents)
     kb_negatives: bool = True
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_requests", "epochs", "batch_size", "lr", "temperature")
 
 
 @dataclass(frozen=True)
@@ -136,6 +161,46 @@ class ReasonerSizes:
     tokenizer_corpus: int = 5000  # training prompts the tokenizer is trained on (plus KB texts)
 
 
+SWITCHES = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """How the reasoner's weights train in stages 1, 3, 4 and 5 (`rgalign.training.finetune`).
+
+    Each switch is ``auto``, ``on`` or ``off``. ``auto`` chooses by the backbone: a loaded one
+    (``--backbone``, an LLM) gets LoRA and gradient checkpointing; the default built-in backbone
+    (a few million parameters, trained from scratch) is fully fine-tuned, as it always was: LoRA
+    cannot teach a randomly initialised model a language, and checkpointing only costs it time.
+    """
+
+    # LoRA adapters (peft) on the backbone's linear layers, merged into the weights at the end of
+    # each stage, so every checkpoint on disk (and the export) is a plain model of the same shape
+    lora: str = "auto"
+    lora_rank: int = 16  # ~10M trainable parameters of 0.6B at Qwen3-0.6B's shape (all linear layers)
+    lora_alpha: float = 32.0  # scale alpha / rank = 2, peft's and the LoRA papers' usual ratio
+    lora_dropout: float = 0.05
+    # peft's "all-linear": every linear layer of the blocks, not the LM head, whatever the
+    # architecture calls them (Qwen3: q/k/v/o_proj, gate/up/down_proj); or a list of module names
+    lora_targets: tuple[str, ...] = ("all-linear",)
+    # recompute each block's activations in the backward pass: activations no longer grow with
+    # the number of layers, for ~30% more compute
+    gradient_checkpointing: str = "auto"
+    # bf16 autocast of the forward passes; auto: only on a CUDA device with bf16 (on CPU,
+    # bf16 matmuls are slower than fp32 on AVX2 and change the numbers: on only when asked)
+    bf16: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("lora", "gradient_checkpointing", "bf16"):
+            if getattr(self, name) not in SWITCHES:
+                raise ValueError(f"{name}={getattr(self, name)!r}: choose one of {', '.join(SWITCHES)}")
+        if self.lora_rank < 1 or self.lora_alpha <= 0 or not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_rank={self.lora_rank}, lora_alpha={self.lora_alpha}, lora_dropout="
+                             f"{self.lora_dropout}: need rank >= 1, alpha > 0 and 0 <= dropout < 1")
+        if not self.lora_targets:
+            raise ValueError("lora_targets is empty: name the modules to adapt, or all-linear")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 0
@@ -150,6 +215,7 @@ class TrainConfig:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     rg_cl: RGCLConfig = field(default_factory=RGCLConfig)
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -162,3 +228,14 @@ class TrainConfig:
         if backbone is None:
             return self
         return replace(self, reasoner=replace(self.reasoner, backbone=backbone))
+
+    def with_lora(self, lora: str | None) -> TrainConfig:
+        """``--lora auto|on|off`` over the config's ``finetune.lora``."""
+        if lora is None:
+            return self
+        try:
+            return replace(self, finetune=replace(self.finetune, lora=lora))
+        except ValueError as e:
+            from rgalign.errors import ConfigError
+
+            raise ConfigError(f"--lora: {e}") from None

@@ -21,6 +21,7 @@ from rgalign.data.requests import RequestArrays
 from rgalign.models.losses import ranker_loss
 from rgalign.models.tokenizer import encode_pairs
 from rgalign.training.distributed import DistInfo, all_reduce_mean, shard
+from rgalign.training.schedule import linear_warmup, one_cycle
 
 
 @contextlib.contextmanager
@@ -206,12 +207,12 @@ def _train_ranker(model, forward, train, valid, *, stop, batch_size, lr, weight_
     steps_per_epoch = math.ceil(math.ceil(len(train) / dist.world_size) / batch_size)
     check_every = stop.check_steps(steps_per_epoch)
     max_steps = stop.max_steps(steps_per_epoch)
-    warmup = max(1, int(stop.warmup_fraction * check_every))
+    warmup = int(stop.warmup_fraction * check_every)
     scale = 1.0  # halved at every check without improvement
 
     def set_lr(step: int) -> None:
         for g in opt.param_groups:
-            g["lr"] = lr * scale * min(1.0, (step + 1) / warmup)
+            g["lr"] = lr * scale * linear_warmup(step, warmup)
 
     def valid_gauc() -> float:
         logits = slate_logits(model, forward, valid, valid_query)
@@ -309,8 +310,11 @@ def train_sft(
     dist: DistInfo,
     description: str = "reasoner SFT",
     quiet: bool = False,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> SFTResult:
-    """Causal-LM SFT: loss on the target tokens only (prompt tokens are labelled -100)."""
+    """Causal-LM SFT: loss on the target tokens only (prompt tokens are labelled -100). The
+    forward passes run inside ``autocast()`` (bf16 autocast, see `finetune.autocast_for`); the
+    trainable parameters are those that require grad (LoRA adapters and the head, or all)."""
     lm = _wrap(_LMLoss(reasoner), dist, find_unused=True)  # the latent projection gets no gradient here
     params = [p for p in reasoner.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
@@ -318,7 +322,7 @@ def train_sft(
     lengths = pair_lengths(tokenizer, prompts, targets)
     steps_per_epoch = math.ceil(math.ceil(len(prompts) / dist.world_size) / batch_size)
     total = max(1, epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.05)
+    sched = one_cycle(opt, max_lr=lr, total_steps=total, pct_start=0.05)
     log = LossLog()
     n_examples = n_tokens = 0
     t0 = time.perf_counter()
@@ -329,7 +333,8 @@ def train_sft(
             order = shard(rng.permutation(len(prompts)), dist)
             for idx in epoch_batches(order, batch_size, steps_per_epoch, rng, lengths):
                 enc = encode_pairs(tokenizer, [prompts[i] for i in idx], [targets[i] for i in idx], max_len)
-                loss = lm(enc["input_ids"], enc["attention_mask"], enc["labels"])
+                with autocast():
+                    loss = lm(enc["input_ids"], enc["attention_mask"], enc["labels"])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -22,7 +22,7 @@ import torch
 from rgalign.data.encoders import FeatureEncoders
 from rgalign.data.loader import Dataset, load_dataset
 from rgalign.data.requests import build_requests
-from rgalign.errors import ConfigError, TrainError
+from rgalign.errors import ConfigError, RgalignError, TrainError
 from rgalign.io import read_json, write_json_atomic, write_text_atomic
 from rgalign.metrics import abs_deltas, relative_deltas
 from rgalign.models.baseline import AutoIntMoE, BaselineConfig
@@ -30,7 +30,8 @@ from rgalign.models.prompt import PromptFields, build_target
 from rgalign.models.qe_ranker import QERanker
 from rgalign.models.reasoner import Reasoner
 from rgalign.models.tokenizer import load_tokenizer, train_tokenizer
-from rgalign.training import loops
+from rgalign.progress import first_line
+from rgalign.training import finetune, loops
 from rgalign.training.alignment import RGA_STAGES
 from rgalign.training.config import TrainConfig
 from rgalign.training.distributed import DistInfo, barrier, init_distributed
@@ -53,7 +54,10 @@ def parse_stages(spec: str) -> list[int]:
     try:
         for part in spec.split(","):
             lo, _, hi = part.strip().partition("-")
-            out.extend(range(int(lo), int(hi or lo) + 1))
+            first, last = int(lo), int(hi or lo)
+            if last < first:  # range() would be empty: a run that trains nothing and says nothing
+                raise ConfigError(f"--stages {spec!r}: {first}-{last} runs backwards; write {last}-{first}")
+            out.extend(range(first, last + 1))
     except ValueError:
         raise ConfigError(f"--stages {spec!r}: expected a range like 0-2 or a list like 0,1,2") from None
     bad = [s for s in out if s not in STAGE_NAMES]
@@ -114,21 +118,23 @@ def stage_warmup(ctx: Context) -> None:
     if not prompts:
         raise TrainError("stage 1: no training request has a click; the warm-up SFT needs clicked intents")
     state_dir = ctx.run.root / "train_state" / "1-warmup"  # under torchrun with --checkpoint-every
+    tuning = finetune.start(reasoner, ctx.config)  # LoRA / checkpointing / bf16 as the config says
     res = sft_for_stage(ctx.dist, state_dir)(
         reasoner, ctx.tokenizer, prompts, targets, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
         max_len=reasoner.config.max_len, seed=ctx.config.seed, dist=ctx.dist, description="1 warm-up SFT",
-        quiet=ctx.quiet,
+        quiet=ctx.quiet, autocast=tuning.autocast,
     )
+    tuning.merge()  # a plain model on disk: what stage 2 and the export load
 
     def save(d: Path) -> None:
         reasoner.save(d / "reasoner")
         write_text_atomic(d / "losses.csv", res.log.to_csv())
 
     ctx.finish(1, save, {"dist": dist_record(ctx.dist, reasoner), "prompt_budget": ctx.prompt_budget.to_dict(), "seconds": res.seconds, "examples": len(prompts), "examples_per_s": res.examples_per_s,
-                         "tokens_per_s": res.tokens_per_s, "final_lm_loss": res.final_loss})
+                         "tokens_per_s": res.tokens_per_s, "final_lm_loss": res.final_loss, "finetune": tuning.info()})
     drop_stage_state(ctx.dist, state_dir)
     ctx.log(f"stage 1 warm-up: {len(prompts)} examples, final LM loss {res.final_loss:.3f}, {res.seconds:.0f} s, "
-            f"{res.examples_per_s:.1f} examples/s")
+            f"{res.examples_per_s:.1f} examples/s{finetune.summary(tuning)}")
 
 
 # ---- stage 2: QE reward ranker on the frozen reasoner -----------------------------------------
@@ -191,12 +197,17 @@ def prepare(data: str | Path, out: str | Path, config: TrainConfig, dist: DistIn
         prev = read_json(run.run_json)
         if prev["data"]["sha256"] != fp:
             raise ConfigError(f"{run.root} was trained on other data ({prev['data']['path']}); use a new --out")
-        if prev["config"] != config.to_dict():
+        # the saved config read back through TrainConfig: keys added since it was written take
+        # their defaults, so a run started before them resumes (a changed value still refuses)
+        if TrainConfig.from_dict(prev["config"]).to_dict() != config.to_dict():
             raise ConfigError(f"{run.root} was started with another config; resume with the same one or use a new --out")
         if prev["seed"] != config.seed:
             raise ConfigError(f"{run.root} was started with seed {prev['seed']}; use a new --out for seed {config.seed}")
     elif dist.is_main:
-        run.root.mkdir(parents=True, exist_ok=True)
+        try:
+            run.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TrainError(f"cannot create the run folder {run.root}: {e.strerror or e}") from None
         run.write_run_json(seed=config.seed, config=config.to_dict(), data_root=dataset.root, data_fingerprint=fp)
     fields = PromptFields.from_schema(dataset.schema)
     if run.encoders_json.exists():
@@ -295,10 +306,18 @@ def train(
             ctx.log(f"{label}: finished earlier, skipped")
             continue
         torch.manual_seed(config.seed * 1000 + 100 * round_ + index)
-        if index in STAGES:
-            STAGES[index](ctx)
-        else:
-            RGA_STAGES[index](ctx, round_)
+        try:
+            if index in STAGES:
+                STAGES[index](ctx)
+            else:
+                RGA_STAGES[index](ctx, round_)
+        except RgalignError:
+            raise
+        except Exception as e:  # noqa: BLE001 - torch / peft / numpy inside a stage: one line naming it
+            raise TrainError(
+                f"{label} failed: {type(e).__name__}: {first_line(e)[:400]} (finished stages are kept: rerun the "
+                "same command to resume; --verbose shows the traceback)"
+            ) from e
     result: dict[str, Any] = {}
     if dist.is_main:
         result = evaluate_run(ctx)

@@ -3,6 +3,7 @@ slates, the previous stage's folder and pools, and the policy-training loop of s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from rgalign.training import loops
 from rgalign.training.context import Context
 from rgalign.artifacts.run import STAGE_NAMES
 from rgalign.training.distributed import shard
+from rgalign.training.schedule import one_cycle
 
 CANDIDATES = "candidates.jsonl"
 
@@ -71,17 +73,19 @@ def train_policy(
     seed: int,
     description: str,
     lengths: np.ndarray | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> loops.LossLog:
     """The loop stages 4 and 5 share: AdamW with a one-cycle schedule over ``epochs`` passes of
     ``n_items`` in seeded, rank-sharded batches (of similar ``lengths`` when given, see
     `loops.epoch_batches`); ``step(idx)`` returns the batch's loss (with its graph) and the floats
-    to log (the first is shown on the progress bar)."""
+    to log (the first is shown on the progress bar). ``step`` runs inside ``autocast()`` (bf16,
+    see `finetune.autocast_for`); the trained parameters are those of ``policy`` that require grad."""
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     rng = np.random.default_rng(seed)
     steps_per_epoch = math.ceil(math.ceil(n_items / ctx.dist.world_size) / batch_size)
     total = max(1, epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.1)
+    sched = one_cycle(opt, max_lr=lr, total_steps=total, pct_start=0.1)  # 10 steps: see schedule.py
     log = loops.LossLog()
     policy.train()
     with loops.progress(disable=ctx.quiet or not ctx.dist.is_main) as bar:
@@ -89,7 +93,8 @@ def train_policy(
         for epoch in range(epochs):
             order = shard(rng.permutation(n_items), ctx.dist)
             for idx in loops.epoch_batches(order, batch_size, steps_per_epoch, rng, lengths):
-                loss, stats = step(idx)
+                with autocast():
+                    loss, stats = step(idx)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -3,6 +3,8 @@ reference; skipped, with its reason, when no pair clears the reward model's nois
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import time
 from pathlib import Path
@@ -14,7 +16,8 @@ from torch import nn
 from rgalign.io import write_text_atomic
 from rgalign.models.reasoner import Reasoner
 from rgalign.models.tokenizer import encode_pairs
-from rgalign.training import loops, rga
+from rgalign.errors import TrainError
+from rgalign.training import finetune, loops, rga
 from rgalign.training.context import Context
 from rgalign.training.alignment.common import previous_stage, read_pools, stage_seed, train_policy
 
@@ -71,14 +74,25 @@ def stage_dpo(ctx: Context, round_: int) -> None:
     held = [pairs[i] for i in np.sort(perm[:n_held])]
     pairs = [pairs[i] for i in np.sort(perm[n_held:])]
     policy = Reasoner.load(src / "reasoner")
-    frozen = rga.FrozenModels(reference=Reasoner.load(src / "reasoner"))
-    reference = frozen.models["reference"]
+    tuning = finetune.start(policy, ctx.config)
+    if tuning.plan.lora:
+        # the reference is the policy with its adapters off: the RG-SFT weights, no second copy
+        reference, frozen = tuning.base_model, None
+    else:  # full fine-tuning moves the weights themselves: a frozen copy, as always
+        frozen = rga.FrozenModels(reference=Reasoner.load(src / "reasoner"))
+        reference = functools.partial(contextlib.nullcontext, frozen.models["reference"])
     tok, max_len = policy.tokenizer, policy.config.max_len
     t0 = time.perf_counter()
-    held_before = _dpo_eval(reference, reference, held, c.beta)
     prompts = [p.prompt for p in pairs]
-    ref_c = rga.batched_sequence_logprobs(reference, tok, prompts, [p.chosen for p in pairs], batch_size=64)
-    ref_r = rga.batched_sequence_logprobs(reference, tok, prompts, [p.rejected for p in pairs], batch_size=64)
+    with reference() as ref:
+        # the reference is frozen: its log-probabilities are constants, computed once
+        held_ref = _pair_logprobs(ref, held)
+        # what the LoRA reference check recomputes after training: the held-out pairs, or a few
+        probe = held or pairs[:16]
+        probe_ref = held_ref if held else (_pair_logprobs(ref, probe) if frozen is None else None)
+        ref_c = rga.batched_sequence_logprobs(ref, tok, prompts, [p.chosen for p in pairs], batch_size=64)
+        ref_r = rga.batched_sequence_logprobs(ref, tok, prompts, [p.rejected for p in pairs], batch_size=64)
+    held_before = _dpo_eval(held_ref, held_ref, c.beta)
 
     model = loops._wrap(_SequenceLogprobs(policy), ctx.dist, find_unused=True)
 
@@ -92,10 +106,15 @@ def stage_dpo(ctx: Context, round_: int) -> None:
     # a pair's rows pad to its longer answer; RG-CL keeps random batches (its in-batch negatives)
     lengths = loops.pair_lengths(tok, prompts, [p.chosen for p in pairs], [p.rejected for p in pairs])
     log = train_policy(ctx, policy, len(pairs), step, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
-                        weight_decay=0.0, seed=seed, description=f"4 DPO (round {round_})", lengths=lengths)
-    held_after = _dpo_eval(policy, reference, held, c.beta)
+                        weight_decay=0.0, seed=seed, description=f"4 DPO (round {round_})", lengths=lengths,
+                        autocast=tuning.autocast)
+    held_after = _dpo_eval(_pair_logprobs(policy, held), held_ref, c.beta)
+    if frozen is not None:
+        checks = frozen.check("stage 4")
+    else:
+        checks = {"reference": _reference_unchanged(reference, probe, probe_ref)}
+    tuning.merge()
     seconds = time.perf_counter() - t0
-    checks = frozen.check("stage 4")
     tail = log.rows[-20:]
 
     def save(d: Path) -> None:
@@ -112,7 +131,7 @@ def stage_dpo(ctx: Context, round_: int) -> None:
         "held_out": {"pairs": len(held), **{f"{k}": v for k, v in held_after.items()},
                      "before": held_before, "ln2": math.log(2.0)},
         "policy_from": ctx.relative(src / "reasoner"), "reference": ctx.relative(src / "reasoner"),
-        "frozen_unchanged": checks,
+        "frozen_unchanged": checks, "finetune": tuning.info(),
     }
     ctx.finish(4, save, info, round_)
     held_txt = (f"; held-out {len(held)} pairs: loss {held_after['loss']:.3f} (ln 2 = 0.693), reward accuracy "
@@ -121,19 +140,34 @@ def stage_dpo(ctx: Context, round_: int) -> None:
             f"{info['final_loss']:.3f}, reward accuracy {info['final_reward_accuracy']:.2f}{held_txt}, {seconds:.0f} s")
 
 
-@torch.no_grad()
-def _dpo_eval(policy: Reasoner, reference: Reasoner, pairs: list, beta: float) -> dict[str, float]:
-    """DPO loss and reward accuracy of ``policy`` against ``reference`` on ``pairs`` (no training)."""
+def _pair_logprobs(model: Reasoner, pairs: list) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(chosen, rejected) summed log-probabilities of ``pairs`` under ``model`` (eval, no grad),
+    None without pairs."""
     if not pairs:
+        return None
+    tok, prompts = model.tokenizer, [p.prompt for p in pairs]
+    return (rga.batched_sequence_logprobs(model, tok, prompts, [p.chosen for p in pairs], batch_size=64),
+            rga.batched_sequence_logprobs(model, tok, prompts, [p.rejected for p in pairs], batch_size=64))
+
+
+def _dpo_eval(policy: tuple[torch.Tensor, torch.Tensor] | None, reference: tuple[torch.Tensor, torch.Tensor] | None,
+              beta: float) -> dict[str, float]:
+    """DPO loss and reward accuracy of the policy's (chosen, rejected) log-probabilities against
+    the reference's, on the same pairs (no training); {} without pairs."""
+    if policy is None or reference is None:
         return {}
-    tok, prompts = policy.tokenizer, [p.prompt for p in pairs]
-    args = dict(batch_size=64)
-    pc = rga.batched_sequence_logprobs(policy, tok, prompts, [p.chosen for p in pairs], **args)
-    pr = rga.batched_sequence_logprobs(policy, tok, prompts, [p.rejected for p in pairs], **args)
-    if policy is reference:
-        rc, rr = pc, pr
-    else:
-        rc = rga.batched_sequence_logprobs(reference, tok, prompts, [p.chosen for p in pairs], **args)
-        rr = rga.batched_sequence_logprobs(reference, tok, prompts, [p.rejected for p in pairs], **args)
+    (pc, pr), (rc, rr) = policy, reference
     loss, stats = rga.dpo_loss(pc.float(), pr.float(), rc.float(), rr.float(), beta=beta)
     return {"loss": stats["loss"], "reward_accuracy": stats["reward_accuracy"], "reward_margin": stats["reward_margin"]}
+
+
+def _reference_unchanged(reference, pairs: list, before: tuple[torch.Tensor, torch.Tensor]) -> bool:
+    """The LoRA reference's frozen-model check: after training, the policy with its adapters off
+    gives the very log-probabilities it gave before (bit for bit), so training moved the adapters
+    only and the reference was the RG-SFT model throughout. A checksum of 0.6B weights, as the
+    frozen copy gets, would cost a float64 pass over them; this costs one forward of <= 16 pairs."""
+    with reference() as ref:
+        after = _pair_logprobs(ref, pairs)
+    if after is None or not all(torch.equal(a, b) for a, b in zip(after, before)):
+        raise TrainError("stage 4: the DPO reference (the policy with its LoRA adapters off) changed; this is a bug")
+    return True

@@ -16,7 +16,7 @@ from torch import nn
 from rgalign.io import write_text_atomic
 from rgalign.models.reasoner import Reasoner
 from rgalign.models.tokenizer import encode_prompts
-from rgalign.training import loops, rga
+from rgalign.training import finetune, loops, rga
 from rgalign.training.context import Context
 from rgalign.training.alignment.common import (
     clicked_rows, previous_stage, read_pools, slate, stage_seed, train_policy,
@@ -49,8 +49,14 @@ def stage_rg_cl(ctx: Context, round_: int) -> None:
     src = previous_stage(ctx, 4, round_)
     pools = {p["row"]: p for p in read_pools(previous_stage(ctx, 3, round_))}
     policy = Reasoner.load(src / "reasoner")
-    frozen = rga.FrozenModels(target_encoder=Reasoner.load(src / "reasoner"))
-    snapshot = frozen.models["target_encoder"]
+    lora = finetune.start_plan(policy, ctx.config).lora
+    if lora:
+        # the targets below are computed before training, from the policy as loaded (its adapters
+        # go in after): the target encoder it was, without a second copy of the weights
+        frozen, snapshot = None, policy
+    else:  # as always: a frozen copy, checksummed after training
+        frozen = rga.FrozenModels(target_encoder=Reasoner.load(src / "reasoner"))
+        snapshot = frozen.models["target_encoder"]
     tok, max_len = policy.tokenizer, policy.config.max_len
     seed = stage_seed(ctx, 5, round_)
     t0 = time.perf_counter()
@@ -83,6 +89,7 @@ def stage_rg_cl(ctx: Context, round_: int) -> None:
     vprompts = [ctx.prompts("valid")[r] for r in vrows]
     before = _kb_retrieval(policy, vprompts, ~not_clicked, kb_latents, ctx.config.infer_batch)
 
+    tuning = finetune.start(policy, ctx.config)  # after the targets: see `snapshot` above
     model = loops._wrap(policy, ctx.dist, find_unused=True)  # the LM head gets no gradient here
     negatives = kb_latents if c.kb_negatives else None
 
@@ -93,10 +100,13 @@ def stage_rg_cl(ctx: Context, round_: int) -> None:
         return loss, {"info_nce": float(loss.detach())}
 
     log = train_policy(ctx, policy, len(prompts), step, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
-                        weight_decay=0.01, seed=seed, description=f"5 RG-CL (round {round_})")
+                        weight_decay=0.01, seed=seed, description=f"5 RG-CL (round {round_})",
+                        autocast=tuning.autocast)
+    tuning.merge()
     after = _kb_retrieval(policy, vprompts, ~not_clicked, kb_latents, ctx.config.infer_batch)
     seconds = time.perf_counter() - t0
-    checks = frozen.check("stage 5")
+    # with LoRA the targets are constants computed before any training step: nothing to guard
+    checks = frozen.check("stage 5") if frozen is not None else {}
 
     def save(d: Path) -> None:
         policy.save(d / "reasoner")
@@ -109,7 +119,10 @@ def stage_rg_cl(ctx: Context, round_: int) -> None:
         "final_loss": float(np.mean([r["info_nce"] for r in log.rows[-20:]])) if log.rows else math.nan,
         "valid_kb_retrieval": {"before": before, "after": after},
         "policy_from": ctx.relative(src / "reasoner"), "frozen_unchanged": checks,
+        "finetune": tuning.info(),
     }
+    if frozen is None:
+        info["target_encoder"] = "the policy before training (LoRA: no copy kept)"
     ctx.finish(5, save, info, round_)
     ctx.log(f"stage 5 rg-cl (round {round_}): {len(prompts)} requests, InfoNCE {info['first_loss']:.3f} -> "
             f"{info['final_loss']:.3f}, valid clicked intent in the latent's KB top-10 {before['hit@10']:.3f} -> "

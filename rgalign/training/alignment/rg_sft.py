@@ -13,7 +13,7 @@ from rgalign.errors import TrainError
 from rgalign.io import write_text_atomic
 from rgalign.models.qe_ranker import QERanker
 from rgalign.models.reasoner import Reasoner
-from rgalign.training import loops, rga
+from rgalign.training import finetune, loops, rga
 from rgalign.training.context import Context, require_reasoner
 from rgalign.artifacts.run import final_models
 from rgalign.training.alignment.common import CANDIDATES, clicked_rows, slate, stage_seed
@@ -53,11 +53,14 @@ def stage_rg_sft(ctx: Context, round_: int) -> None:
     t_score = time.perf_counter() - t0 - t_sample
 
     sft_prompts, sft_targets = rga.sft_examples(prompts, cands, best)
+    # adapters go in after sampling (generation through them is slower, and they start at zero)
+    tuning = finetune.start(policy, ctx.config)
     res = loops.train_sft(
         policy, tok, sft_prompts, sft_targets, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
         max_len=policy.config.max_len, seed=seed, dist=ctx.dist, description=f"3 RG-SFT (round {round_})",
-        quiet=ctx.quiet,
+        quiet=ctx.quiet, autocast=tuning.autocast,
     )
+    tuning.merge()
     checks = frozen.check("stage 3")
 
     kb_keys = {rga.dedup_key(t) for t in kb}
@@ -87,6 +90,7 @@ def stage_rg_sft(ctx: Context, round_: int) -> None:
         "final_lm_loss": res.final_loss, "examples_per_s": res.examples_per_s,
         "policy_from": ctx.relative(policy_dir), "reward_model": ctx.relative(ranker_dir),
         "reward_reasoner": ctx.relative(reward_reasoner_dir), "frozen_unchanged": checks,
+        "finetune": tuning.info(),
     }
     ctx.finish(3, save, info, round_)
     ctx.log(f"stage 3 rg-sft (round {round_}): {len(rows)} requests x {c.n_candidates} candidates, reward "
