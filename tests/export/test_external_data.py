@@ -51,6 +51,11 @@ def test_every_artifact_carries_and_hashes_its_weights(external_export, tmp_path
             check_onnx(graph)  # onnx.checker by path, with its weights beside it
     steps = {s["name"]: s for s in manifest["steps"]}
     assert steps["load every artifact from the export folder"]["status"] == "OK"
+    # an LLM-size reasoner's PyTorch weights are freed once every PyTorch pass is done, and each
+    # step says how much memory it peaked at (Linux)
+    assert steps["release the PyTorch reasoner"]["status"] == "OK"
+    assert all(s["peak_rss_mb"] > 0 for s in manifest["steps"])
+    assert manifest["peak_rss_mb"] == max(s["peak_rss_mb"] for s in manifest["steps"])
     assert not (out / ".work").exists()
 
     # the export folder moved elsewhere still loads: nothing points back at the work folder
