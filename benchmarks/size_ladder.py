@@ -12,7 +12,9 @@ loaded and each ONNX Runtime precision is loaded in turn (one ORT engine in memo
 a shared machine. Eager runs at ``--threads`` and at 1 thread, alternated too, and a precision's
 speed-up is against the *faster* of the two (on a loaded 2-core machine PyTorch's OpenMP pool can
 stall on every small op: the tiny reasoner took 46-540 ms per call at 2 threads in one try, so
-eager's best thread count is the fair reference, as SPEC §8's tiny target is measured). Each
+eager's best thread count is the fair reference, as SPEC §8's tiny target is measured;
+``--eager-threads 1`` skips the slow one: on the loaded machine one 0.6B eager call took 17.3 s
+at 2 threads beside 1.35 s at 1, and at batch 8 that alone would take most of an hour). Each
 figure is the median of ``repeats`` alternated calls after 2 warm-up calls (at batch > 1 half as
 many, at least 3, after 1 warm-up: a 0.6B eager call at batch 8 takes seconds).
 
@@ -70,7 +72,8 @@ def _passed(manifest: dict, precision: str) -> bool:
     return all(g["passed"] for g in gates if g) and gates[0] is not None
 
 
-def ladder_model(label: str, export: Path, threads: int, batches: list[int], seq: int, repeats: int) -> dict:
+def ladder_model(label: str, export: Path, threads: int, batches: list[int], seq: int, repeats: int,
+                 eager_threads: list[int]) -> dict:
     import numpy as np
     import torch
 
@@ -96,7 +99,7 @@ def ladder_model(label: str, export: Path, threads: int, batches: list[int], seq
             return torch_runner(feed)
         return run
 
-    eager = {f"eager@{n}": eager_at(n) for n in dict.fromkeys([threads, 1])}
+    eager = {f"eager@{n}": eager_at(n) for n in dict.fromkeys(eager_threads)}
     load_s = time.perf_counter() - t0
     shape = DecoderShape.from_hf_config(reasoner.backbone.config.to_dict(), reasoner.config.d_query)
     params = sum(p.numel() for p in reasoner.parameters())
@@ -150,7 +153,7 @@ def markdown(result: dict) -> str:
     lines = [
         f"Reasoner size ladder: batch x {result['seq']} tokens, {result['threads']} threads, "
         f"{result['machine']}; PyTorch eager fp32 measured beside each precision (alternating calls), "
-        "at the faster of 1 and the given threads; ORT at the given threads.",
+        f"at the faster of {', '.join(map(str, result['eager_threads']))} thread(s); ORT at {result['threads']}.",
         "",
         "| model | params | precision | method | batch | ORT ms | eager ms | speed-up vs eager | FLOP floor ms | ORT / floor |",
         "|---|---:|---|---|---:|---:|---:|---:|---:|---:|",
@@ -177,20 +180,25 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--eager-threads", default=None,
+                    help="PyTorch thread counts to alternate (default: --threads and 1); the faster is the reference")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--markdown", type=Path)
     args = ap.parse_args()
 
     batches = [int(b) for b in args.batches.split(",")]
+    eager_threads = ([int(n) for n in args.eager_threads.split(",")] if args.eager_threads
+                     else list(dict.fromkeys([args.threads, 1])))
     result: dict = {"what": "reasoner size ladder (issue 15): every CPU precision of each export vs PyTorch eager fp32",
-                    "command": " ".join(sys.argv), "threads": args.threads, "seq": args.seq, "batches": batches,
+                    "command": " ".join(sys.argv), "threads": args.threads, "eager_threads": eager_threads, "seq": args.seq, "batches": batches,
                     "machine": f"{platform.processor() or platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "models": {}}
     with open("/proc/loadavg") as f:
         result["load_before"] = f.read().split()[:3]
     for spec in args.export:
         label, _, path = spec.partition("=")
-        result["models"][label] = ladder_model(label, Path(path), args.threads, batches, args.seq, args.repeats)
+        result["models"][label] = ladder_model(label, Path(path), args.threads, batches, args.seq, args.repeats,
+                                              eager_threads)
     with open("/proc/loadavg") as f:
         result["load_after"] = f.read().split()[:3]
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
