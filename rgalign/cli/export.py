@@ -91,6 +91,7 @@ def export_cmd(
     console.print(table)
     console.print(
         f"exported {escape(str(run))} -> [bold]{escape(str(out))}[/] ({', '.join(manifest['precisions'])}; "
-        f"graphs {', '.join(f'{k} {v}' for k, v in manifest['graphs'].items())}) in {time.perf_counter() - t0:.1f} s",
+        f"graphs {', '.join(f'{k} {v}' for k, v in manifest['graphs'].items())}) in {time.perf_counter() - t0:.1f} s"
+        + (f", peak RSS {manifest['peak_rss_mb'] / 1024:.2f} GiB" if manifest.get("peak_rss_mb") else ""),
         highlight=False, soft_wrap=True,
     )

@@ -12,9 +12,11 @@ int8) and, on a GPU machine, TensorRT engines, with a manifest and a report (SPE
       encoders.json  prompt_fields.json  intents.json      what serving needs besides the graphs
       tensorrt/{reasoner,ranker}_{fp16,int8}.plan  + timing.cache       (--tensorrt only)
 
-Steps (`STEPS`, each a function of one `ExportContext`, recording OK / FAIL / SKIPPED in the
-manifest's step log): load the run -> export each model (dynamo, legacy fallback) -> fp32 gate -> ORT fusion
-(kept only if it passes the same gate) -> fp16 -> int8 candidates (dynamic per-channel, static
+Steps (`STEPS`, each a function of one `ExportContext`, recording OK / FAIL / SKIPPED and its
+peak RSS in the manifest's step log): load the run -> export each model (dynamo, legacy fallback)
+-> fp32 gate -> ORT fusion (kept only if it passes the same gate) -> calibration latents and the
+PyTorch pipeline on held-out requests (when int8 / int4 are asked for) -> the PyTorch reasoner's
+weights freed when it is LLM-size -> fp16 -> int8 candidates (dynamic per-channel, static
 QDQ with the chosen calibration; if neither passes, both again with the most sensitive MatMuls
 kept fp32), each gated per artifact and end to end on held-out requests, the fastest passing one
 kept -> int4 (weight-only reasoner, only when asked) -> TensorRT -> quick latency -> serving files,
@@ -56,6 +58,7 @@ from rgalign.export.onnx_steps import (
     pipeline_figures,
     quick_latency,
     reference_pipeline,
+    release_torch,
 )
 from rgalign.export.options import (
     DEFAULT_OUT,
@@ -85,12 +88,15 @@ def _check_onnx_gates(ctx: ExportContext) -> None:
 
 
 # The export, in order. A new stage: a function of the context, one entry here.
+# Every PyTorch pass (parity references, calibration latents, the held-out reference) comes
+# before "release torch", which frees an LLM-size reasoner's weights for the conversions after it.
 STEPS: tuple[Step, ...] = (
     Step("parity feeds", parity_feeds),
     Step("export", export_models),
-    Step("fp16", convert_fp16),
     Step("calibration", calibration_feeds),
     Step("reference", reference_pipeline),
+    Step("release torch", release_torch),
+    Step("fp16", convert_fp16),
     Step("int8", quantize_int8),
     Step("int4", quantize_int4),
     Step("onnx gates", _check_onnx_gates),

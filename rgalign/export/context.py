@@ -51,6 +51,9 @@ class ExportContext:
     reports: list[GateReport] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)  # report.json
     trt_info: dict[str, Any] | None = None
+    # PyTorch eager ms per batch-1 call of each model, measured before its weights are released
+    torch_latency: dict[str, float] = field(default_factory=dict)
+    released: set[str] = field(default_factory=set)  # models whose PyTorch weights are gone
     # PyTorch outputs per (model, id(parity feed)): the feeds live as long as the context
     _ref_cache: dict[tuple[str, int], dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
 
@@ -102,6 +105,22 @@ class ExportContext:
         run.input_names, run.output_names = ref.input_names, ref.output_names  # type: ignore[attr-defined]
         return run
 
+    def release_torch(self, name: str) -> float:
+        """Free model ``name``'s PyTorch weights (its reference outputs on the parity batches stay
+        cached, and every later gate reads those); returns the MiB of parameters freed. A later
+        uncached reference call is an `ExportError`, never a silent wrong answer."""
+        import torch
+
+        module = self.refs[name].module
+        freed = 0
+        with torch.no_grad():
+            for p in {id(p): p for p in module.parameters()}.values():  # tied weights once
+                freed += p.numel() * p.element_size()
+                p.data = torch.empty(0, dtype=p.dtype)
+        self.refs[name] = _Released(name, self.refs[name].input_names, self.refs[name].output_names)
+        self.released.add(name)
+        return freed / 2**20
+
     def gate(self, name: str, report: GateReport) -> GateReport:
         """Record a gate's outcome: in the reports (raised on later if failed) and the step log."""
         self.reports.append(report)
@@ -125,3 +144,15 @@ class ExportContext:
 
     def gate_of(self, key: str) -> GateReport | None:
         return next((r for r in self.reports if r.artifact == key), None)
+
+
+class _Released:
+    """The reference runner of a model whose PyTorch weights were freed."""
+
+    def __init__(self, name: str, input_names: list[str], output_names: list[str]) -> None:
+        self.name, self.input_names, self.output_names = name, input_names, output_names
+
+    def __call__(self, feeds: Any) -> dict[str, np.ndarray]:
+        raise ExportError(f"the PyTorch {self.name} was released to save memory; only its outputs on the parity "
+                          "batches and held-out requests are kept (a step that needs more must run before "
+                          "'release PyTorch weights')")

@@ -107,7 +107,7 @@ def _fp32_fallback(ctx: ExportContext, name: str) -> Int8Candidate:
 
 def _sensitivity(ctx: ExportContext, name: str, seconds: float) -> tuple[list[str], dict[str, float], dict]:
     """The gate's own cosine (batch-centred for the reasoner) per probe, within ``seconds``."""
-    spec, ref, feeds = ctx.specs[name], ctx.refs[name], ctx.feeds[name]
+    spec, ref, feeds = ctx.specs[name], ctx.reference_outputs(name), ctx.feeds[name]
     want = [ref(f)[spec.gated_output] for f in feeds]
 
     def cosine(path: Path) -> float:

@@ -172,6 +172,30 @@ def reference_pipeline(ctx: ExportContext) -> None:
                                     ctx.eval_requests.records, message=lambda r: f"{len(r['scores'])} requests")
 
 
+def release_torch(ctx: ExportContext) -> None:
+    """Time each PyTorch model for the quick latency table, then free the reasoner's weights when
+    it is LLM-size (its graph has external data): every later step reads the PyTorch outputs
+    already computed (parity batches, held-out requests), and the fp16, int8 and int4 steps,
+    each holding a copy of the graph, then run without 2.4 GB of PyTorch weights beside them
+    (Qwen3-0.6B shape)."""
+    threads = ctx.options.threads
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        for name in MODELS:
+            ctx.torch_latency[name] = ctx.latency(name, ctx.refs[name])
+    finally:
+        torch.set_num_threads(before)
+    if ctx.options.tensorrt or not is_external(ctx.fp32["reasoner"]):
+        ctx.log.skip("release the PyTorch reasoner", "kept: small enough" if not ctx.options.tensorrt
+                     else "kept for the TensorRT steps")
+        return
+    ctx.log.run("release the PyTorch reasoner", ctx.release_torch, "reasoner",
+                message=lambda mb: f"{mb:.0f} MiB of weights freed; its outputs on the parity batches and "
+                                   "held-out requests are kept")
+
+
 def pipeline_figures(ctx: ExportContext) -> None:
     """fp16 end to end on the held-out requests: figures for the report (int8's and int4's are
     their gates; fp32's would repeat its 1e-4 parity). Only where the reference pass was made
@@ -190,6 +214,7 @@ def pipeline_figures(ctx: ExportContext) -> None:
 
 def _latencies(ctx: ExportContext) -> dict[str, Any]:
     """Median ms per call at batch 1 for PyTorch (eager) and every ONNX artifact on the CPU.
+    PyTorch's figure is the one measured before its weights were released (`release_torch`).
 
     With ``threads`` set, PyTorch runs with that many threads too (restored after): on a loaded
     2-core machine PyTorch's OpenMP pool at its default size stalls on every small op (measured:
@@ -203,7 +228,8 @@ def _latencies(ctx: ExportContext) -> dict[str, Any]:
         out: dict[str, Any] = {"threads": threads or "default", "batch": 1,
                                "reasoner_tokens": min(LATENCY_SEQ, ctx.src.reasoner.config.max_len)}
         for name in MODELS:
-            out[f"{name}/pytorch"] = ctx.latency(name, ctx.refs[name])
+            out[f"{name}/pytorch"] = (ctx.torch_latency[name] if name in ctx.torch_latency
+                                      else ctx.latency(name, ctx.refs[name]))
             for precision in ctx.options.precisions:
                 path = ctx.graphs.get((name, precision))
                 if path is not None:

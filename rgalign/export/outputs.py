@@ -116,6 +116,7 @@ def write_outputs(ctx: ExportContext, t_start: float) -> dict[str, Any]:
     }
     log.record("write manifest and report", OK, 0.0, f"{len(artifacts)} artifacts")
     manifest["steps"] = log.to_list()
+    manifest["peak_rss_mb"] = log.peak_rss_mb  # the maximum of the steps' peaks (None off Linux)
     manifest["seconds"] = round(time.perf_counter() - t_start, 2)
     write_json_atomic(tmp / "report.json", ctx.report)
     write_json_atomic(tmp / MANIFEST, manifest)

@@ -51,6 +51,11 @@ def test_every_artifact_carries_and_hashes_its_weights(external_export, tmp_path
             check_onnx(graph)  # onnx.checker by path, with its weights beside it
     steps = {s["name"]: s for s in manifest["steps"]}
     assert steps["load every artifact from the export folder"]["status"] == "OK"
+    # an LLM-size reasoner's PyTorch weights are freed once every PyTorch pass is done, and each
+    # step says how much memory it peaked at (Linux)
+    assert steps["release the PyTorch reasoner"]["status"] == "OK"
+    assert all(s["peak_rss_mb"] > 0 for s in manifest["steps"])
+    assert manifest["peak_rss_mb"] == max(s["peak_rss_mb"] for s in manifest["steps"])
     assert not (out / ".work").exists()
 
     # the export folder moved elsewhere still loads: nothing points back at the work folder
@@ -103,6 +108,44 @@ def test_deploy_copies_the_weights_and_serves_in_process(external_export, tmp_pa
                           "model_config": '{"parameters": {"threads": {"string_value": "1"}}}'})
     q = runner({"input_ids": np.full((1, 8), 5, np.int64), "attention_mask": np.ones((1, 8), np.int64)})
     assert q["latent_query"].shape == (1, manifest["serving"]["d_query"])
+
+
+@pytest.mark.slow
+@pytest.mark.triton
+def test_the_default_deployment_serves_an_answer(external_export, tmp_path):
+    """The 0.6B deployment's path on the tiny model: ``rgalign deploy --precision int8`` (fused
+    layout, the python backend's default) carries each graph's weights, ``deploy.json`` hashes
+    every one of them, and a real tritonserver loads it and answers as the in-process pipeline."""
+    from rgalign.inference.pipeline import Pipeline
+    from rgalign.inference.records import dataset_records
+    from rgalign.serve.client import RgalignClient
+    from rgalign.serve.repository.deploy import DeployOptions, deploy
+    from rgalign.serve.server import TritonServer
+
+    out, manifest = external_export
+    repo = tmp_path / "repo"
+    deploy(out, repo, DeployOptions(precision="int8", threads=1))
+    deployed = json.loads((repo / "deploy.json").read_text())
+    assert deployed["layout"] == "fused"
+    version = repo / "rgalign" / "1"
+    for model in MODELS:
+        graph = version / model / "int8" / "model.onnx"
+        refs = external_files(graph)
+        assert refs and all(f.is_file() for f in refs), f"{model}: weights not beside the deployed graph"
+        for f in [graph, *refs]:
+            assert deployed["files_sha256"][str(f.relative_to(repo))] == _sha(f)
+    records = dataset_records(manifest["source"]["data"]["path"], limit=4)
+    want = Pipeline.from_export(out, "int8", threads=1)(records, k=3)
+    srv = TritonServer(repo, log_file=tmp_path / "tritonserver.log")
+    srv.start(timeout=120)
+    try:
+        with RgalignClient(srv.http_address) as client:
+            got = [client.rank([r], k=3)[0] for r in records]  # batch 1: int8 rows as in process
+    finally:
+        srv.stop()
+    for g, w in zip(got, want, strict=True):
+        assert g.intent_ids == w.intent_ids
+        np.testing.assert_allclose(g.scores, w.scores, atol=1e-4)
 
 
 def test_place_renames_the_weights_and_rewrites_the_references(tmp_path):
