@@ -142,8 +142,11 @@ def stage_reward(ctx: Context) -> None:
     model = QERanker(qe_config(ctx, reasoner))
     model.set_intent_text_emb(reasoner.encode_texts(ctx.encoders.intent_texts))
     model.set_intent_latents(reasoner.encode_prompts(list(ctx.encoders.intent_texts), batch_size=ctx.config.infer_batch))
-    text_emb, text_source = intent_text_embeddings(ctx, reasoner)
-    prior = {**init_intent_prior(ctx, model, text_emb), "text": text_source}
+    if ctx.config.intent_prior == "text":
+        text_emb, text_source = intent_text_embeddings(ctx, reasoner)
+        prior = {**init_intent_prior(ctx, model, text_emb), "text": text_source}
+    else:
+        prior = init_intent_prior(ctx, model)
     with prefetch_test_latents(ctx, [reasoner_dir]):
         res = loops.train_ranker(
             model, qe_forward, ctx.splits["train"], ctx.splits["valid"], epochs=c.epochs, batch_size=c.batch_size,

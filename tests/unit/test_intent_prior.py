@@ -81,3 +81,13 @@ def test_sentence_encoder_when_installed(tmp_path, monkeypatch):
     assert e.shape == (3, 384) and e.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, rtol=1e-5)
     assert e[0] @ e[1] > e[0] @ e[2]  # it knows which titles are alike
+
+
+def test_train_config_names_the_intent_prior():
+    from rgalign.errors import ConfigError
+    from rgalign.training.config import TrainConfig
+
+    assert TrainConfig().intent_prior == "popularity"
+    assert TrainConfig.from_dict({"intent_prior": "text"}).intent_prior == "text"
+    with pytest.raises(ConfigError, match="intent_prior 'texts': choose one of popularity, text"):
+        TrainConfig.from_dict({"intent_prior": "texts"})
