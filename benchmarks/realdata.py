@@ -6,7 +6,8 @@ default config: issue 12's acceptance table.
     rgalign train DATA --out RUN --config seed.yaml    (seed 0, 1, 2; otherwise the defaults)
     -> OUT/realdata.json (every run's metrics, run time) and OUT/realdata.md (per seed and mean)
 
-Usage (from the repository root; about 6 minutes a run on the 2-core machine):
+Usage (from the repository root; a run is 5-6 min on a quiet 2-core machine, 27-49 min measured
+with other jobs sharing it; peak memory 4.3 GB):
 
     .venv/bin/python benchmarks/realdata.py                       # MovieLens and synthetic, 3 seeds
     .venv/bin/python benchmarks/realdata.py --datasets movielens --seeds 0
