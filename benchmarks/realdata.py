@@ -6,7 +6,8 @@ default config: issue 12's acceptance table.
     rgalign train DATA --out RUN --config seed.yaml    (seed 0, 1, 2; otherwise the defaults)
     -> OUT/realdata.json (every run's metrics, run time) and OUT/realdata.md (per seed and mean)
 
-Usage (from the repository root; about 6 minutes a run on the 2-core machine):
+Usage (from the repository root; a run is 5-6 min on a quiet 2-core machine, 27-49 min measured
+with other jobs sharing it; peak memory 4.3 GB):
 
     .venv/bin/python benchmarks/realdata.py                       # MovieLens and synthetic, 3 seeds
     .venv/bin/python benchmarks/realdata.py --datasets movielens --seeds 0
@@ -148,6 +149,10 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path("runs/realdata"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/realdata"))
     ap.add_argument("--table-only", action="store_true", help="tables from the finished runs in WORK")
+    ap.add_argument("--stored", type=Path, default=None,
+                    help="an earlier realdata.json: its seeds that WORK lacks join the tables (same code only: "
+                         "a run is not re-trained, so a stored seed is only comparable if the code and defaults "
+                         "did not change since)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     results: dict[str, dict[int, dict]] = {}
@@ -158,6 +163,14 @@ def main() -> int:
             continue
         data = fetch_movielens(args.work) if name == "movielens" else synthetic(args.work)
         results[name] = {s: train(data, args.work / "runs" / name / f"seed{s}", s) for s in seeds}
+    if args.stored is not None:
+        for name, runs in json.loads(args.stored.read_text()).items():
+            for s, r in runs.items():
+                if name in results and int(s) not in results[name]:
+                    results[name][int(s)] = {"test": r["test"], "popularity": r["popularity"], "wall_seconds": r.get("wall_seconds"),
+                                             "stages": {"4-dpo": {"held_out": r["dpo_held_out"]}} if r.get("dpo_held_out") else {}}
+            if name in results:
+                results[name] = dict(sorted(results[name].items()))
     args.out.mkdir(parents=True, exist_ok=True)
     md = "\n".join(table(n, r) for n, r in results.items() if r)
     (args.out / "realdata.md").write_text(md)

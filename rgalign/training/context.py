@@ -213,20 +213,45 @@ def require_reasoner(ctx: Context, stage: int) -> Path:
     return d
 
 
-def init_intent_prior(ctx: Context, model: torch.nn.Module) -> None:
+def init_intent_prior(ctx: Context, model: torch.nn.Module, text_emb: np.ndarray | None = None) -> dict[str, Any]:
     """Tell a new ranker which intents the training split shows (the others score as cold, see
     `rgalign.models.layers.IntentIds`) and start its intent biases at item popularity: the
-    logit of each intent's smoothed training like rate."""
+    logit of each intent's smoothed training like rate. With ``text_emb`` (N, H) (the QE ranker,
+    which reads text), the smoothing shrinks toward what the intent's text predicts where the
+    data says the text predicts it (`rgalign.training.intent_prior`). Returns what was chosen."""
     from rgalign.training.evaluate import popularity_scores
+    from rgalign.training.intent_prior import text_smoothed_like_rate
 
     tr = ctx.splits["train"]
     n = ctx.encoders.num_intents
     shows = np.bincount(tr.shown[tr.mask], minlength=n)
+    info: dict[str, Any] = {"text": None}
+    if text_emb is None:
+        rates = popularity_scores(tr, n)
+    else:
+        rates, fit = text_smoothed_like_rate(tr.shown[tr.mask], tr.labels[tr.mask], n, text_emb, seed=ctx.config.seed)
+        info.update(fit)
     model.intent_ids.set_known(torch.from_numpy((shows > 0).astype(np.float32)))
-    model.intent_ids.init_bias(torch.from_numpy(popularity_scores(tr, n)), float(tr.labels[tr.mask].mean()))
+    model.intent_ids.init_bias(torch.from_numpy(rates), float(tr.labels[tr.mask].mean()))
     model.intent_ids.freeze_bias()
     with torch.no_grad():
         model.gate.zero_()  # starts as item popularity exactly (see the models' `gate`)
+    return info
+
+
+def intent_text_embeddings(ctx: Context, reasoner: Reasoner) -> tuple[np.ndarray, str]:
+    """(N, H) embeddings of the KB's intent texts for the QE ranker's prior, and their source:
+    the pretrained sentence encoder all-MiniLM-L6-v2 where it is installed (it knows what words
+    mean; the reasoner was trained from scratch on this log's few thousand prompts), else the
+    reasoner's own pooled hidden states (`Reasoner.encode_texts`), saying why."""
+    from rgalign.models.sentence_encoder import NAME, load_sentence_encoder
+
+    texts = list(ctx.encoders.intent_texts)
+    encoder, why = load_sentence_encoder()
+    if encoder is not None:
+        return encoder.encode(texts), NAME
+    ctx.log(f"intent prior: no sentence encoder ({why}); the reasoner's text embeddings instead")
+    return reasoner.encode_texts(texts).numpy(), f"reasoner ({why})"
 
 
 def ranker_fit_info(res: Any) -> dict[str, Any]:

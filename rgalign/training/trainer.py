@@ -41,7 +41,7 @@ from rgalign.training.evaluate import (
     baseline_forward, cohort_masks, popularity_metrics, qe_forward, ranker_metrics,
 )
 from rgalign.training.context import (
-    Context, Log, compute_latents, init_intent_prior, ranker_fit_info, prefetch_test_latents, qe_config, ranker_kwargs, reasoner_config, require_reasoner,
+    Context, Log, compute_latents, init_intent_prior, intent_text_embeddings, ranker_fit_info, prefetch_test_latents, qe_config, ranker_kwargs, reasoner_config, require_reasoner,
     save_latents, test_latents,
 )
 from rgalign.training.prompt_budget import PromptBudget, make_budget
@@ -152,7 +152,11 @@ def stage_reward(ctx: Context) -> None:
     model = QERanker(qe_config(ctx, reasoner))
     model.set_intent_text_emb(reasoner.encode_texts(ctx.encoders.intent_texts))
     model.set_intent_latents(reasoner.encode_prompts(list(ctx.encoders.intent_texts), batch_size=ctx.config.infer_batch))
-    init_intent_prior(ctx, model)
+    if ctx.config.intent_prior == "text":
+        text_emb, text_source = intent_text_embeddings(ctx, reasoner)
+        prior = {**init_intent_prior(ctx, model, text_emb), "text": text_source}
+    else:
+        prior = init_intent_prior(ctx, model)
     with prefetch_test_latents(ctx, [reasoner_dir]):
         res = loops.train_ranker(
             model, qe_forward, ctx.splits["train"], ctx.splits["valid"], epochs=c.epochs, batch_size=c.batch_size,
@@ -170,7 +174,7 @@ def stage_reward(ctx: Context) -> None:
     ctx.finish(2, save, {
         "prompt_budget": ctx.prompt_budget.to_dict(), "seconds": res.seconds + latent_seconds, "ranker_seconds": res.seconds, "latent_seconds": latent_seconds,
         "impressions_per_s": res.impressions_per_s, "best_epoch": res.best_epoch, **ranker_fit_info(res),
-        "valid": valid, "reasoner": str(reasoner_dir.relative_to(ctx.run.root)),
+        "valid": valid, "reasoner": str(reasoner_dir.relative_to(ctx.run.root)), "intent_prior": prior,
     })
     ctx.log(f"stage 2 reward: valid GAUC {valid.get('gauc', float('nan')):.4f}, latents {latent_seconds:.0f} s, "
             f"ranker {res.seconds:.0f} s, {res.impressions_per_s:,.0f} impressions/s")

@@ -184,3 +184,22 @@ def test_eval_of_a_truncated_ranker_is_one_line(tiny_run, tiny_data, tmp_path, c
     assert e.value.code != 0
     text = printed.out + printed.err
     assert "model.safetensors is unreadable" in text and "Traceback" not in text and "unexpected" not in text
+
+
+def test_text_intent_prior_is_recorded_and_falls_back_to_the_reasoner(tiny_run, tiny_data, tmp_path, monkeypatch):
+    """Stage 2 re-run with ``intent_prior: text`` and no sentence encoder: the prior's text comes
+    from the reasoner (stage.json says so and why); the baseline keeps plain popularity."""
+    monkeypatch.setenv("RGALIGN_SENTENCE_ENCODER", "off")
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run[0], out)
+    shutil.rmtree(out / "stages" / "2-reward")
+    (out / "metrics.json").unlink()
+    info = json.loads((out / "run.json").read_text())
+    info["config"]["intent_prior"] = "text"
+    (out / "run.json").write_text(json.dumps(info))
+    cfg = TrainConfig.from_dict({**TINY_TRAIN, "intent_prior": "text"})
+    trainer.train(tiny_data, out, cfg, [0, 1, 2], log=lambda m: None, quiet=True)
+    prior = RunDir(out).stage_info(2)["intent_prior"]
+    assert prior["text"].startswith("reasoner (turned off by RGALIGN_SENTENCE_ENCODER")
+    assert "ridge" in prior and prior["intents_fit"] > 0
+    assert "intent_prior" not in RunDir(out).stage_info(0)
