@@ -353,10 +353,10 @@ def train_sft(
 
 def pair_lengths(tokenizer, prompts: list[str], *targets: list[str]) -> np.ndarray:
     """Tokens of each prompt plus its longest target: the padded width it asks of a batch."""
-    n = np.array([len(ids) for ids in tokenizer(list(prompts))["input_ids"]], dtype=np.int64)
+    n = np.array([len(ids) for ids in tokenizer(list(prompts), verbose=False)["input_ids"]], dtype=np.int64)
     extra = np.zeros_like(n)
     for t in targets:
-        extra = np.maximum(extra, [len(ids) for ids in tokenizer(list(t), add_special_tokens=False)["input_ids"]])
+        extra = np.maximum(extra, [len(ids) for ids in tokenizer(list(t), add_special_tokens=False, verbose=False)["input_ids"]])
     return n + extra
 
 

@@ -51,7 +51,9 @@ class PromptBudget:
 
 
 def _lengths(tokenizer: Any, prompts: list[str]) -> np.ndarray:
-    return np.array([len(ids) for ids in tokenizer(prompts)["input_ids"]], dtype=np.int64)
+    # full lengths on purpose (the budget is cut from them): verbose=False keeps transformers from
+    # warning that a prompt is longer than model_max_length, which here is no indexing error
+    return np.array([len(ids) for ids in tokenizer(prompts, verbose=False)["input_ids"]], dtype=np.int64)
 
 
 def derive_budget(tokenizer: Any, raw: list[dict[str, Any]], fields: PromptFields, cap: int) -> tuple[int, dict[str, int]]:
