@@ -224,7 +224,9 @@ def markdown(result: dict) -> str:
     lines = [
         f"Reasoner size ladder: batch x {result['seq']} tokens, {result['threads']} threads, "
         f"{result['machine']}; PyTorch eager fp32 measured beside each precision (alternating calls), "
-        f"at the faster of {', '.join(map(str, result['eager_threads']))} thread(s); ORT at {result['threads']}.",
+        f"at the faster of {', '.join(map(str, result['eager_threads']))} thread(s); ORT at {result['threads']}. "
+        f"Load average (1/5/15 min) {' '.join(result.get('load_before', []))} before, "
+        f"{' '.join(result.get('load_after', []))} after.",
         "",
         "| model | params | precision | method | MB | batch | ORT ms | eager ms | speed-up vs eager | FLOP floor ms "
         "| ORT / floor | gate figure | gate |",
