@@ -25,9 +25,18 @@ int8). fp32 and fp16 are charged at the fp32 peak (this AVX2 CPU has no fp16 ari
 and int4 (``MatMulNBits`` with ``accuracy_level`` 4 computes with int8 activations) at the int8
 peak; attention's activation x activation matmuls at fp32 in every precision.
 
-Whether a precision passed its gates is read from the export's manifest (the export fails when a
-requested precision misses, so every precision of a finished export passed). The "best" row of
-each model is its fastest precision at batch 1.
+int4 is measured, not assumed: when the export holds no int4 reasoner, one is made on the fly from
+the export's fp32 reasoner with the product's own `quantize_weight_only(..., bits=4)` (``MatMulNBits``,
+block 32, as ``rgalign export --precision int4`` makes it) and timed like the other rows.
+
+Gate figure: every precision's latent queries on the run's held-out prompts (its dataset's test
+split, prepared as serving prepares them, in the export's chunks) against PyTorch fp32's, as the
+export's end-to-end gate measures them: `batch_centred_cosine` (centred on the reference's mean),
+against the export's threshold for that precision. A precision the export holds passed all its
+gates there (the export fails otherwise; the manifest says so); the on-the-fly int4 row's
+"passed" is this cosine against int4's threshold (0.99) alone: the export would also gate it on
+its parity batches, top-10 overlap and GAUC drop. The "best" row of each model is its fastest
+passing precision at batch 1.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ import json
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -72,6 +82,53 @@ def _passed(manifest: dict, precision: str) -> bool:
     return all(g["passed"] for g in gates if g) and gates[0] is not None
 
 
+def held_out_feeds(src) -> list[dict]:
+    """The run's held-out prompts as the export's held-out pass feeds them (`Pipeline.forward`'s
+    chunks, serving's preprocessing)."""
+    from rgalign.export.evaldata import requests_from_dataset
+    from rgalign.inference.pipeline import CHUNK
+    from rgalign.inference.preprocess import Preprocessor
+
+    held_out, _ = requests_from_dataset(src.data_path, src.encoders)
+    pre = Preprocessor(src.reasoner.tokenizer, src.fields, src.encoders, src.reasoner.config.max_len)
+    feeds = []
+    for i in range(0, len(held_out.records), CHUNK):
+        b = pre(held_out.records[i : i + CHUNK])
+        feeds.append({"input_ids": b.input_ids, "attention_mask": b.attention_mask})
+    return feeds
+
+
+def gate_figure(runner, feeds: list[dict], reference, precision: str) -> dict:
+    """{cosine_centred, threshold, prompts}: ``runner``'s latents on ``feeds`` vs ``reference``'s
+    (an (R, D) array), centred on the reference's mean, as `validate_pipeline` gates them."""
+    import numpy as np
+
+    from rgalign.export.specs import Tolerances
+    from rgalign.export.validate import batch_centred_cosine
+
+    got = np.concatenate([runner(f)["latent_query"] for f in feeds])
+    cos = float(batch_centred_cosine(got, reference).mean())
+    threshold = Tolerances().cosine(precision)
+    return {"cosine_centred": round(cos, 6), "threshold": threshold, "prompts": int(len(got)),
+            "passed": threshold is None or cos >= threshold}
+
+
+def int4_on_the_fly(fp32_path: Path, workdir: Path) -> tuple[Path, float]:
+    """(the int4 reasoner made from ``fp32_path`` by the product's own quantiser, seconds)."""
+    from rgalign.export.precision import quantize_weight_only
+
+    t = time.perf_counter()
+    path = quantize_weight_only(fp32_path, workdir / "reasoner_int4.onnx", bits=4)
+    return path, time.perf_counter() - t
+
+
+def _bytes(path: Path) -> int:
+    """A graph's size with its external data files."""
+    from rgalign.export.external import external_files
+
+    return path.stat().st_size + sum(p.stat().st_size for p in external_files(path))
+
+
 def ladder_model(label: str, export: Path, threads: int, batches: list[int], seq: int, repeats: int,
                  eager_threads: list[int]) -> dict:
     import numpy as np
@@ -90,8 +147,11 @@ def ladder_model(label: str, export: Path, threads: int, batches: list[int], seq
     t0 = time.perf_counter()
     src = load_run(manifest["source"]["run"])
     reasoner = src.reasoner
-    del src
     torch_runner = TorchRunner(ReasonerGraph(reasoner), ["input_ids", "attention_mask"], ["latent_query"])
+    held_out = held_out_feeds(src)
+    del src
+    torch.set_num_threads(1 if 1 in eager_threads else threads)  # eager's faster count (see above)
+    reference = np.concatenate([torch_runner(f)["latent_query"] for f in held_out])
 
     def eager_at(n: int):
         def run(feed):
@@ -111,11 +171,21 @@ def ladder_model(label: str, export: Path, threads: int, batches: list[int], seq
                  "gates_passed": manifest.get("gates_passed"), "peaks": peaks, "rows": []}
     feeds = {b: {"input_ids": np.full((b, seq), 5, dtype=np.int64), "attention_mask": np.ones((b, seq), dtype=np.int64)}
              for b in batches}
-    for precision in manifest["precisions"]:
-        path = artifact_path(export, manifest, "reasoner", precision)
+    tmp = tempfile.TemporaryDirectory(prefix="ladder-int4-")
+    precisions = list(manifest["precisions"]) + ([] if "int4" in manifest["precisions"] else ["int4"])
+    for precision in precisions:
+        made = None
+        if precision in manifest["precisions"]:
+            path = artifact_path(export, manifest, "reasoner", precision)
+        else:
+            path, made = int4_on_the_fly(artifact_path(export, manifest, "reasoner", "fp32"), Path(tmp.name))
         t = time.perf_counter()
         runner = OrtRunner.load(path, threads=threads)
         ort_load_s = time.perf_counter() - t
+        gate = gate_figure(runner, held_out, reference, precision)
+        passed = _passed(manifest, precision) if made is None else gate["passed"]
+        method = (_method(export, precision) if made is None
+                  else f"weight-only int4 (MatMulNBits, block 32), made here in {made:.0f} s")
         for b in batches:
             reps = repeats if b == 1 else max(3, repeats // 2)
             ms = _alternate_ms({"ort": runner, **eager}, feeds[b], reps, warmup=2 if b == 1 else 1)
@@ -123,8 +193,8 @@ def ladder_model(label: str, export: Path, threads: int, batches: list[int], seq
             eager_ms = min(ms.values())
             flops = decoder_flops(shape, b, seq)
             floor = floor_ms(flops, "fp32" if precision in FP32_PEAK else "int8", peaks["peak_gflops"])
-            row = {"model": label, "precision": precision, "method": _method(export, precision),
-                   "passed": _passed(manifest, precision), "batch": b, "seq": seq, "repeats": reps,
+            row = {"model": label, "precision": precision, "method": method, "in_export": made is None,
+                   "passed": passed, "gate": gate, "mb": round(_bytes(path) / 1e6, 1), "batch": b, "seq": seq, "repeats": reps,
                    "ort_ms": round(ort_ms, 2), "eager_ms": round(eager_ms, 2),
                    "eager_ms_by_threads": {k: round(v, 2) for k, v in ms.items()},
                    "speedup_vs_eager": round(eager_ms / ort_ms, 2), "gflop": round(flops["total"] / 1e9, 2),
@@ -135,6 +205,7 @@ def ladder_model(label: str, export: Path, threads: int, batches: list[int], seq
             print(json.dumps(row), flush=True)
         del runner
         gc.collect()
+    tmp.cleanup()
     best = min((r for r in out["rows"] if r["batch"] == batches[0] and r["passed"]), key=lambda r: r["ort_ms"],
                default=None)
     out["best_at_batch_%d" % batches[0]] = best
@@ -153,18 +224,28 @@ def markdown(result: dict) -> str:
     lines = [
         f"Reasoner size ladder: batch x {result['seq']} tokens, {result['threads']} threads, "
         f"{result['machine']}; PyTorch eager fp32 measured beside each precision (alternating calls), "
-        f"at the faster of {', '.join(map(str, result['eager_threads']))} thread(s); ORT at {result['threads']}.",
+        f"at the faster of {', '.join(map(str, result['eager_threads']))} thread(s); ORT at {result['threads']}. "
+        f"Load average (1/5/15 min) {' '.join(result.get('load_before', []))} before, "
+        f"{' '.join(result.get('load_after', []))} after.",
         "",
-        "| model | params | precision | method | batch | ORT ms | eager ms | speed-up vs eager | FLOP floor ms | ORT / floor |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|",
+        "| model | params | precision | method | MB | batch | ORT ms | eager ms | speed-up vs eager | FLOP floor ms "
+        "| ORT / floor | gate figure | gate |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for label, m in result["models"].items():
         for r in m["rows"]:
             floor = "-" if r["floor_ms"] is None else f"{r['floor_ms']:.3g}"
             ratio = "-" if r["ort_vs_floor"] is None else f"{r['ort_vs_floor']:.2f}x"
-            lines.append(f"| {label} | {m['params'] / 1e6:.1f} M | {r['precision']} | {r['method']} | {r['batch']} | "
-                         f"{r['ort_ms']:.4g} | {r['eager_ms']:.4g} ({_best_threads(r)}) | {r['speedup_vs_eager']:.2f}x | {floor} | {ratio} |")
-    lines.append("")
+            g = r["gate"]
+            figure = f"{g['cosine_centred']:.4f}" + (f" (needs >= {g['threshold']})" if g["threshold"] else "")
+            verdict = ("passed" if r["passed"] else "FAILED") + ("" if r["in_export"] else " (cosine only; not in the export)")
+            lines.append(f"| {label} | {m['params'] / 1e6:.1f} M | {r['precision']} | {r['method']} | {r['mb']:.4g} | "
+                         f"{r['batch']} | {r['ort_ms']:.4g} | {r['eager_ms']:.4g} ({_best_threads(r)}) | "
+                         f"{r['speedup_vs_eager']:.2f}x | {floor} | {ratio} | {figure} | {verdict} |")
+    lines += ["", "Gate figure: the reasoner's latent queries on the run's held-out prompts vs PyTorch fp32, centred on "
+              "the reference's mean (the export's end-to-end `cosine_centred(latent_query)`); fp32 has no cosine gate "
+              "(its gate is max |diff| <= 1e-4 on the parity batches). A precision in the export passed every gate "
+              "there; an int4 row made here is judged on this cosine alone.", ""]
     for label, m in result["models"].items():
         peak = m["peaks"]["peak_gflops"]
         lines.append(f"- {label}: matmul peak fp32 {peak.get('fp32')} GFLOP/s, int8 {peak.get('int8')} GFLOP/s "

@@ -43,13 +43,21 @@ def export_cmd(
     int8_search_seconds: float = typer.Option(
         900, "--int8-search-seconds", min=0, help="Time budget of the int8 search's sensitivity probes.",
     ),
+    int8_methods: str = typer.Option(
+        "auto", "--int8-methods",
+        help="int8 candidates: auto, or a comma list of dynamic, static, weight-only (auto tries static QDQ only "
+             "with --tensorrt or when nothing else passes: it is slower on CPU).",
+    ),
 ) -> None:
     """Export a run to ONNX (fp32/fp16/int8) and TensorRT; every artifact is gated against PyTorch."""
     from rgalign.export import export_run, parse_precisions
     from rgalign.export.precision import CALIBRATION_METHODS
     from rgalign.errors import ExportError
 
+    from rgalign.export.options import parse_int8_methods
+
     wanted = parse_precisions(precision)  # a bad option fails before any work, as one line
+    methods = parse_int8_methods(int8_methods)
     if calibration not in CALIBRATION_METHODS:
         raise ExportError(f"unknown --calibration {calibration!r}; choose from {', '.join(CALIBRATION_METHODS)}")
     if tensorrt:
@@ -72,7 +80,7 @@ def export_cmd(
         manifest = export_run(
             run, out, precisions=wanted, tensorrt=tensorrt, calibration=calibration, exporter=exporter,
             fuse=not no_fuse, threads=threads or None, progress=progress,
-            int8_search_seconds=int8_search_seconds,
+            int8_search_seconds=int8_search_seconds, int8_methods=methods,
             **({"external_data_threshold": int(external_data_mb * 1e6)} if external_data_mb else {}),
         )
 

@@ -14,11 +14,13 @@ int8) and, on a GPU machine, TensorRT engines, with a manifest and a report (SPE
 
 Steps (`STEPS`, each a function of one `ExportContext`, recording OK / FAIL / SKIPPED and its
 peak RSS in the manifest's step log): load the run -> export each model (dynamo, legacy fallback)
--> fp32 gate -> ORT fusion (kept only if it passes the same gate) -> calibration latents and the
-PyTorch pipeline on held-out requests (when int8 / int4 are asked for) -> the PyTorch reasoner's
-weights freed when it is LLM-size -> fp16 -> int8 candidates (dynamic per-channel, static
-QDQ with the chosen calibration; if neither passes, both again with the most sensitive MatMuls
-kept fp32), each gated per artifact and end to end on held-out requests, the fastest passing one
+-> fp32 gate -> ORT fusion (kept only if it passes the same gate) -> calibration latents (only
+where static int8 is planned up front: --tensorrt or --int8-methods static) and the PyTorch
+pipeline on held-out requests (when int8 / int4 are asked for) -> the PyTorch reasoner's
+weights freed when it is LLM-size -> fp16 -> int8 candidates (dynamic per-channel, weight-only
+for an LLM-size reasoner; static QDQ only where it can be chosen, else skipped with the reason
+in the log and report; if no pair passes, again with the most sensitive MatMuls kept fp32),
+each gated per artifact and end to end on held-out requests, the fastest passing one
 kept -> int4 (weight-only reasoner, only when asked) -> TensorRT -> quick latency -> serving files,
 manifest, report -> every artifact loaded by ONNX Runtime from the new folder (the work folder
 gone first): an export whose graphs cannot load from where they ship is a failed export.
@@ -65,6 +67,7 @@ from rgalign.export.options import (
     DEFAULT_PRECISIONS,
     INT8_SEARCH_SECONDS,
     ExportOptions,
+    parse_int8_methods,
     parse_precisions,
 )
 from rgalign.export.external import PROTO_LIMIT
@@ -120,6 +123,7 @@ def export_run(
     progress: Progress | None = None,
     external_data_threshold: int = PROTO_LIMIT,
     int8_search_seconds: float = INT8_SEARCH_SECONDS,
+    int8_methods: str | Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Export a training run's deployable reasoner + QE ranker pair; returns the manifest.
 
@@ -143,6 +147,10 @@ def export_run(
         external_data_threshold: graphs whose weights pass this many bytes are written with
             ONNX external data (``model.onnx`` + ``model.onnx.data``).
         int8_search_seconds: time budget of the int8 search's sensitivity probes (round 2).
+        int8_methods: the int8 candidates to try, any of dynamic, static, weight-only ("dynamic,static"
+            or a sequence; weight-only is the reasoner's only). None or "auto": dynamic, weight-only
+            for an LLM-size reasoner, and static QDQ only with ``tensorrt`` or as a fallback
+            (`rgalign.export.int8.int8_plan`).
 
     Raises:
         GateFailed (an ExportError): an artifact missed its gate; the message lists every missed
@@ -150,7 +158,8 @@ def export_run(
         ExportError: the run cannot be exported (missing files, exporter failure, no TensorRT).
     """
     options = ExportOptions(parse_precisions(precisions), tensorrt, calibration, exporter, fuse, threads,
-                            int(external_data_threshold), float(int8_search_seconds))
+                            int(external_data_threshold), float(int8_search_seconds),
+                            parse_int8_methods(int8_methods))
     if tensorrt:
         from rgalign.export.tensorrt import require_tensorrt
 

@@ -1,8 +1,9 @@
 """int8: the fastest (reasoner, ranker) pair of int8 graphs that passes every int8 gate.
 
-Each model gets its own candidates (dynamic per-channel, static QDQ with the chosen calibration,
-and for an LLM-size reasoner weight-only int8 ``MatMulNBits``), each gated on its own and timed; pairs
-are judged end to end on held-out requests, fastest first. A candidate that fails to quantise,
+Each model gets its own candidates (dynamic per-channel, and for an LLM-size reasoner weight-only
+int8 ``MatMulNBits``; static QDQ with the chosen calibration only where it can be chosen, see
+`int8_plan`), each gated on its own and timed; pairs are judged end to end on held-out requests,
+fastest first. A candidate that fails to quantise,
 load or run is a FAIL candidate in the report, never an aborted export. Round 2 (only if round 1
 has no passing pair) keeps each model's sensitive MatMuls fp32 and adds the fp32 ranker; its
 sensitivity probes are bounded (per layer type past `MAX_NODE_PROBES` MatMuls, and a time
@@ -23,6 +24,7 @@ from rgalign.errors import ExportError
 from rgalign.export.context import ExportContext
 from rgalign.export.external import is_external
 from rgalign.export.onnx_export import check_onnx
+from rgalign.export.onnx_steps import calibration_batches
 from rgalign.export.precision import (
     quantize_int8_dynamic,
     quantize_int8_static,
@@ -63,6 +65,61 @@ class Int8Candidate:
                 "gate": self.report.to_dict() if self.report else None}
 
 
+# Why the automatic search leaves static QDQ out (`int8_plan`). Every export on record (the
+# quickstart run, the test fixtures, the Qwen3-0.6B-shape run; 2-core AVX2 CPU): the reasoner's
+# static int8 passed its gate and was slower than its dynamic int8 that also passed, e.g. 11.7 vs
+# 3.9 ms (quickstart), 3,146 vs 211 ms and slower than fp32's 1,798 ms (Qwen3-0.6B shape):
+# ONNX Runtime's CPU runs S8S8 QDQ through quantise/dequantise pairs. The ranker's dynamic int8
+# passed in each of those too, with the higher cosine (0.9997-0.9999 vs 0.997-0.999) and as fast
+# or faster; on the aligned seed-0 run (README) it missed its own gate where static passed (the
+# first AutoInt layer). So static runs as the fallback of a model none of whose other
+# candidates passes its own gate; up front only with ``--tensorrt`` (a backend that runs QDQ
+# natively) or when asked for. At Qwen3-0.6B shape the skip also drops the export's peak step
+# (the reasoner's static calibration, 10.3 GB) and the PyTorch calibration pass.
+STATIC_SKIPPED = {
+    "reasoner": ("static int8 skipped for the reasoner: its static QDQ graph was measured slower on CPU than the "
+                 "dynamic int8 that passed (every export on record; 3.1 s vs 0.21 s at Qwen3-0.6B shape, slower "
+                 "than fp32), so it can only win on a backend that runs QDQ natively; pass --tensorrt or "
+                 "--int8-methods dynamic,static to try it"),
+    "ranker": ("static int8 skipped for the ranker: its dynamic int8 passed its gate (static is its fallback when "
+               "dynamic misses, and was no faster where both passed); pass --int8-methods dynamic,static to try it"),
+}
+
+
+def int8_plan(ctx: ExportContext) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """(round 1's candidate methods per model, the static fallback's models with why it may be
+    skipped). Asked-for methods (``--int8-methods``) are tried as listed (weight-only: the
+    reasoner only); automatically: dynamic for both, weight-only for an LLM-size reasoner (one
+    written with external data), static QDQ up front only with ``--tensorrt``, else as the
+    fallback of a model none of whose candidates passes (`STATIC_SKIPPED` says why)."""
+    static = f"static-{ctx.options.calibration}"
+    asked = ctx.options.int8_methods
+    if asked is not None:
+        label = {"dynamic": "dynamic", "static": static, "weight-only": "weight-only"}
+        plan = {name: [label[m] for m in asked if m != "weight-only" or name == "reasoner"] for name in MODELS}
+        return plan, {}
+    plan = {name: ["dynamic"] + ([static] if ctx.options.tensorrt else []) for name in MODELS}
+    # weight-only int8 (MatMulNBits) for an LLM-size reasoner: the LLM-runtime way, activations
+    # stay float. Not for a small one: there it is no faster, and a choice by latency would trade
+    # the dynamic graph that serving runs row-wise (batch invariance,
+    # rgalign.inference.batch_invariance) for one whose batch invariance is unmeasured
+    if is_external(ctx.fp32["reasoner"]):
+        plan["reasoner"].append("weight-only")
+    fallback = {} if ctx.options.tensorrt else dict(STATIC_SKIPPED)
+    return plan, fallback
+
+
+def _ensure_calibration(ctx: ExportContext) -> None:
+    """Calibration feeds for a static candidate planned late: latents from the gated fp32 reasoner
+    graph (PyTorch's weights may be released by now)."""
+    if ctx.calib.get("reasoner"):
+        return
+    runner = ctx.runner(ctx.fp32["reasoner"])
+    ctx.calib = ctx.log.run("calibration feeds (for the static fallback)", calibration_batches, ctx, runner,
+                            message=lambda c: f"{sum(len(f['input_ids']) for f in c['reasoner'])} training "
+                                              "requests; latents from the fp32 graph")
+
+
 def _candidate(ctx: ExportContext, name: str, method: str, exclude: list[str]) -> Int8Candidate:
     """Quantise model ``name`` with ``method`` (``exclude``'s MatMuls stay fp32), gate it, time it."""
     label = method + ("+fp32-sensitive" if exclude else "")
@@ -91,6 +148,13 @@ def _candidate(ctx: ExportContext, name: str, method: str, exclude: list[str]) -
     message += f"; {cand.latency_ms:.3g} ms at batch 1" + (f"; {len(exclude)} MatMuls kept fp32" if exclude else "")
     log.record(f"quantize {name} int8 {label}", OK if cand.passed else FAIL, time.perf_counter() - t0, message)
     return cand
+
+
+def _make(ctx: ExportContext, name: str, method: str, exclude: list[str]) -> Int8Candidate:
+    """`_candidate`, with the calibration feeds made first for a static one."""
+    if method.startswith("static"):
+        _ensure_calibration(ctx)
+    return _candidate(ctx, name, method, exclude)
 
 
 def _fp32_fallback(ctx: ExportContext, name: str) -> Int8Candidate:
@@ -122,13 +186,13 @@ def _sensitivity(ctx: ExportContext, name: str, seconds: float) -> tuple[list[st
 def _search(ctx: ExportContext) -> None:
     """Choose the int8 reasoner and ranker: the fastest pair that passes every int8 gate.
 
-    Each model gets its own candidates (dynamic, and static QDQ with the chosen calibration),
-    each gated on its own (cosine) and timed at batch 1. Pairs of passing candidates are then
-    judged end to end on the held-out requests (top-10 overlap, GAUC drop), fastest pair first
-    (at most `MAX_PAIRS`); the first that passes is kept. Measured on the trained default-size
-    run: the reasoner's dynamic int8 is the fast one on an AVX2 CPU (S8S8 QDQ runs 2x slower
-    than fp32 there), while the ranker's first AutoInt layer only survives static calibration;
-    a pair of one method for both models would keep a slower graph or none.
+    Each model gets its own candidates (`int8_plan`: dynamic, weight-only for an LLM-size
+    reasoner, static QDQ where it can be chosen), each gated on its own (cosine) and timed at
+    batch 1. Pairs of passing candidates are then judged end to end on the held-out requests
+    (top-10 overlap, GAUC drop), fastest pair first (at most `MAX_PAIRS`); the first that passes
+    is kept. A model none of whose round-1 candidates passes its own gate gets its static QDQ
+    candidate then (calibrated on demand); where that was not needed the step log and the report
+    (``int8_skipped``) say why it was skipped.
 
     Round 2, only if round 1 has no passing pair: each model's candidates again with its
     *sensitive* MatMuls kept fp32 (those whose int8 version alone costs more than
@@ -136,19 +200,25 @@ def _search(ctx: ExportContext) -> None:
     as ranker method "fp32") beside them, all pairs again fastest first. The fp32 ranker is in
     the same round because the reasoner is where int8 pays: on the aligned seed-0 run the only
     all-int8 pair that passed used the static reasoner (17.1 ms at batch 1, slower than fp32),
-    while the dynamic reasoner with the fp32 ranker passes at about a third of that.
+    while the dynamic reasoner with the fp32 ranker passes at about a third of that. Last, only
+    if that fails too: the skipped static candidates, before the export fails.
     """
     log, eval_requests, reference = ctx.log, ctx.eval_requests, ctx.reference
-    methods = ("dynamic", f"static-{ctx.options.calibration}")
-    cands: dict[str, list[Int8Candidate]] = {
-        name: [_candidate(ctx, name, m, []) for m in methods] for name in MODELS
-    }
-    # weight-only int8 (MatMulNBits) for an LLM-size reasoner (one written with external data):
-    # the LLM-runtime way, activations stay float. Not for a small one: there it is no faster,
-    # and a choice by latency would trade the dynamic graph that serving runs row-wise (batch
-    # invariance, rgalign.inference.batch_invariance) for one whose batch invariance is unmeasured
-    if is_external(ctx.fp32["reasoner"]):
-        cands["reasoner"].append(_candidate(ctx, "reasoner", "weight-only", []))
+    plan, skippable = int8_plan(ctx)
+    static = f"static-{ctx.options.calibration}"
+    cands: dict[str, list[Int8Candidate]] = {}
+    skipped: list[str] = []  # models whose static candidate was skipped
+    for name in MODELS:
+        cands[name] = [_make(ctx, name, m, []) for m in plan[name]]
+        if name not in skippable:
+            continue
+        if any(c.passed for c in cands[name]):
+            log.skip(f"quantize {name} int8 {static}", skippable[name])
+            ctx.report.setdefault("int8_skipped", {})[name] = {static: skippable[name]}
+            skipped.append(name)
+        else:  # nothing else passed: the static graph is this model's last int8 candidate of round 1
+            cands[name].append(_make(ctx, name, static, []))
+            plan[name].append(static)
     tried: list[tuple[str, str, GateReport]] = []  # (reasoner method, ranker method, end-to-end gate)
 
     def pick(limit: int) -> tuple[Int8Candidate, Int8Candidate, GateReport] | None:
@@ -184,10 +254,16 @@ def _search(ctx: ExportContext) -> None:
             sensitivity[name] = {"fp32_nodes": over, "cosine_loss": {k: round(v, 6) for k, v in losses.items()},
                                  **info}
             if over:
-                cands[name] += [_candidate(ctx, name, m, over) for m in methods]
+                cands[name] += [_make(ctx, name, m, over) for m in plan[name] if m != "weight-only"]
         # the ranker's int8 graphs are no faster than fp32 on this CPU (seed 0: 0.7-1.3 ms vs 0.65 ms)
         cands["ranker"].append(_fp32_fallback(ctx, "ranker"))
         chosen = pick(2 * MAX_PAIRS)  # about twice round 1's candidates
+    if chosen is None and skipped:
+        for name in skipped:
+            log.record(f"int8 {name} {static}: last resort", OK, 0.0, "no pair passed without it: trying it after all")
+            cands[name].append(_make(ctx, name, static, []))
+            ctx.report["int8_skipped"].pop(name)
+        chosen = pick(2 * MAX_PAIRS)
 
     ctx.report["int8_candidates"] = {name: [c.to_dict() for c in cs] for name, cs in cands.items()}
     ctx.report["int8_pairs"] = [{"reasoner": r, "ranker": k, "gate": rep.to_dict()} for r, k, rep in tried]

@@ -139,9 +139,10 @@ def convert_fp16(ctx: ExportContext) -> None:
                            "; ".join(rep.failures()) + "; retrying from the unfused graph")
 
 
-def _calibration_feeds(ctx: ExportContext) -> dict[str, list]:
+def calibration_batches(ctx: ExportContext, reasoner: Any) -> dict[str, list]:
     """Calibration feeds for both graphs from real training requests: the reasoner sees their
-    prompts, the ranker their encoded features and the fp32 reasoner's latent queries."""
+    prompts, the ranker their encoded features and ``reasoner``'s latent queries (the PyTorch
+    reasoner, or the gated fp32 graph once PyTorch's weights are released: they agree to 1e-4)."""
     records = ctx.calibration_records
     if is_external(ctx.fp32["reasoner"]):
         records = records[:BIG_CALIBRATION_REQUESTS]
@@ -150,14 +151,21 @@ def _calibration_feeds(ctx: ExportContext) -> dict[str, list]:
         b = ctx.pre(records[i : i + CALIBRATION_BATCH])
         feed = {"input_ids": b.input_ids, "attention_mask": b.attention_mask}
         out["reasoner"].append(feed)
-        out["ranker"].append({"cat": b.cat, "num": b.num, "query": ctx.refs["reasoner"](feed)["latent_query"]})
+        out["ranker"].append({"cat": b.cat, "num": b.num, "query": reasoner(feed)["latent_query"]})
     return out
 
 
 def calibration_feeds(ctx: ExportContext) -> None:
-    if ctx.options.wants("int8") or ctx.options.tensorrt:
-        ctx.calib = ctx.log.run("calibration feeds", _calibration_feeds, ctx,
+    """Up front only where static int8 is planned from the start (``--tensorrt``'s QDQ engines, or
+    static asked for in ``int8_methods``); the automatic int8 search calibrates on demand, only if
+    its static fallback runs (`rgalign.export.int8`)."""
+    methods = ctx.options.int8_methods
+    if ctx.options.tensorrt or (ctx.options.wants("int8") and methods is not None and "static" in methods):
+        ctx.calib = ctx.log.run("calibration feeds", calibration_batches, ctx, ctx.refs["reasoner"],
                                 message=lambda c: f"{sum(len(f['input_ids']) for f in c['reasoner'])} training requests")
+    elif ctx.options.wants("int8"):
+        ctx.log.skip("calibration feeds", "no static int8 planned: calibrated on demand if the int8 search's "
+                                          "static fallback runs")
 
 
 def reference_pipeline(ctx: ExportContext) -> None:

@@ -15,7 +15,27 @@ INT8_SEARCH_SECONDS = 900.0
 
 DEFAULT_OUT = "export"  # at the repository root; SPEC §9
 
-__all__ = ["DEFAULT_OUT", "DEFAULT_PRECISIONS", "PRECISIONS", "ExportOptions", "parse_precisions"]
+# int8 candidates the search may try (`rgalign.export.int8`); ``None`` in `ExportOptions` is the
+# automatic choice, which skips a candidate that cannot be chosen on the requested backends
+INT8_METHODS = ("dynamic", "static", "weight-only")
+
+
+def parse_int8_methods(value: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...] | None:
+    """``"auto"`` / ``None`` / ``""`` -> None (the automatic choice); ``"dynamic,static"`` -> a
+    tuple of `INT8_METHODS`; anything else is one `ExportError` line."""
+    if value is None:
+        return None
+    items = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
+    if not items or items == ["auto"]:
+        return None
+    unknown = [v for v in items if v not in INT8_METHODS]
+    if unknown:
+        raise ExportError(f"unknown int8 method {', '.join(map(repr, unknown))}; choose from auto or a comma list "
+                          f"of {', '.join(INT8_METHODS)}")
+    return tuple(dict.fromkeys(items))
+
+__all__ = ["DEFAULT_OUT", "DEFAULT_PRECISIONS", "INT8_METHODS", "PRECISIONS", "ExportOptions", "parse_int8_methods",
+           "parse_precisions"]
 
 
 @dataclass(frozen=True)
@@ -32,9 +52,16 @@ class ExportOptions:
     # holds at most 2 GiB); tests set it low to send a tiny model down the same path
     external_data_threshold: int = PROTO_LIMIT
     int8_search_seconds: float = INT8_SEARCH_SECONDS
+    # the int8 search's candidate methods for both models (weight-only: the reasoner's only);
+    # None: automatic (`rgalign.export.int8.int8_plan` says what it skips and why)
+    int8_methods: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precisions", parse_precisions(self.precisions))
+        object.__setattr__(self, "int8_methods", parse_int8_methods(self.int8_methods))
+        if self.int8_methods == ("weight-only",):
+            raise ExportError("int8 methods 'weight-only' leave the ranker without an int8 candidate (weight-only is "
+                              "for the reasoner's LLM weights): add dynamic or static")
         if self.external_data_threshold < 0:
             raise ExportError(f"external data threshold must be >= 0 bytes, got {self.external_data_threshold}")
         if self.calibration not in CALIBRATION_METHODS:
