@@ -41,7 +41,8 @@ def stage3_child(data: Path, run: Path) -> None:
     from rgalign.training.config import TrainConfig
     from rgalign.training.distributed import DistInfo
 
-    ctx = trainer.prepare(data, run, TrainConfig.from_dict(CONFIG), DistInfo(), lambda m: None, True)
+    config = TrainConfig.from_dict(json.loads((run / "run.json").read_text())["config"])  # with its --backbone
+    ctx = trainer.prepare(data, run, config, DistInfo(), lambda m: None, True)
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     torch.manual_seed(ctx.config.seed * 1000 + 3)
     t0 = time.perf_counter()
