@@ -461,3 +461,25 @@ def test_candidate_latents_truncate_long_texts(reasoner, prompts, share_prompt):
     cands = [["Where is my parcel " * 8, "x"], ["Refund status", "Payment failed"]]
     z = rga.candidate_latents(reasoner, reasoner.tokenizer, prompts[:2], cands, max_len=24, share_prompt=share_prompt)
     assert z.shape == (2, 2, reasoner.config.d_query) and torch.isfinite(z).all()
+
+
+def test_stage3_keeps_the_reward_reasoners_copy_unless_lora_reads_the_same_checkpoint(tmp_path):
+    """The policy scores its own pools only under LoRA and when the reward ranker read the very
+    checkpoint the policy starts from; otherwise a copy, and stage.json's source says why."""
+    import types
+
+    from rgalign.training.alignment.rg_sft import _reward_reasoner_source
+    from rgalign.training.config import TrainConfig
+
+    policy = tiny_reasoner()
+    run = tmp_path / "run"
+    ctx = types.SimpleNamespace(run=types.SimpleNamespace(root=run), relative=lambda p: str(p.relative_to(run)))
+    lora = TrainConfig.from_dict({"finetune": {"lora": "on"}})
+    own, other = run / "stages/5-rg-cl/reasoner", run / "stages/1-warmup/reasoner"
+    ctx.config = lora
+    assert _reward_reasoner_source(ctx, policy, own, own)[0]
+    shared, why = _reward_reasoner_source(ctx, policy, own, other)
+    assert not shared and "stages/1-warmup/reasoner" in why
+    ctx.config = TrainConfig.from_dict({"finetune": {"lora": "off"}})
+    shared, why = _reward_reasoner_source(ctx, policy, own, own)
+    assert not shared and "full fine-tuning" in why
