@@ -106,10 +106,10 @@ def train_cmd(
     ),
     seed: int = typer.Option(None, "--seed", help="Random seed (overrides the config's)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-    dist: str = typer.Option("auto", "--dist", help="Under torchrun: how the reasoner's SFT spreads over the "
-                             "processes: ddp (replicas), fsdp (FSDP2 shards), auto (fsdp from 100M parameters)."),
+    dist: str = typer.Option("auto", "--dist", help="Under torchrun: how the reasoner's training (stages 1, 3, 4, 5) spreads "
+                             "over the processes: ddp (replicas), fsdp (FSDP2 shards), auto (fsdp from 100M parameters)."),
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", min=0, help="Write a resumable state of the "
-                                         "reasoner's SFT every N steps (it resumes on any number of processes)."),
+                                         "reasoner's stages 1, 3, 4 and 5 every N steps (it resumes on any number of processes)."),
 ) -> None:
     """Train the baseline, the reasoner, the QE ranker and the RGA alignment stage by stage; writes RUN/metrics.json."""
     from dataclasses import replace

@@ -85,6 +85,12 @@ class OneCycle:
         self.step_num += 1
         self._apply()
 
+    def seek(self, step: int) -> None:
+        """Set the rate (and beta1) of 0-based step ``step``: what ``step`` calls would have
+        reached, for a loop that resumes at ``step`` (`global_loop`)."""
+        self.step_num = step
+        self._apply()
+
     def _apply(self) -> None:
         lr, momentum = self.lr_and_momentum(self.step_num)
         for group in self.optimizer.param_groups:

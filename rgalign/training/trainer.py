@@ -293,9 +293,10 @@ def train(
 ) -> dict[str, Any]:
     """Run ``stages`` (default: all, 0-6) of SPEC §3 into ``out``; stages 3-6 run ``rounds`` times
     (the closed loop). Returns metrics.json. Under torchrun, ``dist_strategy`` (auto / ddp / fsdp)
-    says how the reasoner's SFT spreads over the processes (`rgalign.training.parallel`), and
-    ``checkpoint_every`` > 0 makes it write a state it resumes from after an interruption, on any
-    number of processes (`rgalign.training.train_state`)."""
+    says how the reasoner's training (stages 1, 3, 4, 5: `rgalign.training.global_loop`) spreads
+    over the processes (`rgalign.training.parallel`), and ``checkpoint_every`` > 0 makes those
+    stages write a state they resume from after an interruption, on any number of processes
+    (`rgalign.training.train_state`)."""
     config = config or TrainConfig()
     stages = stages if stages is not None else sorted(STAGE_NAMES)
     if rounds < 1:

@@ -6,16 +6,20 @@ policy with its adapters off, and `auto` leaves the built-in backbone's run as i
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 from safetensors import safe_open
 
 from fakes import E2E_DATA, TINY_TRAIN
 from rgalign.artifacts.run import RunDir
 from rgalign.data.synth import synthesize
+from rgalign.io import read_json
 from rgalign.models.reasoner import Reasoner
+from rgalign.training import rga
 from rgalign.training.alignment import CANDIDATES, RGA_STAGES
 from rgalign.training.distributed import DistInfo
 from rgalign.training import trainer
@@ -36,10 +40,21 @@ def lora_run(tmp_path_factory) -> Path:
     ctx = trainer.prepare(data, out, TrainConfig.from_dict(LORA), DistInfo(), lambda m: None, True)
     for i in (1, 2):
         trainer.STAGES[i](ctx)
-    RGA_STAGES[3](ctx, 0)
+    seen: list = []  # the candidate latents stage 3 scores its pools with, as it computed them
+
+    def spy(*args, **kwargs):
+        seen.append(real(*args, **kwargs))
+        return seen[-1]
+
+    real = rga.candidate_latents
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rga, "candidate_latents", spy)
+        RGA_STAGES[3](ctx, 0)
+    safetensors.torch.save_file({"latents": seen[0]}, str(out.parent / "rg_sft_latents.safetensors"))
     # a reward model of this size scores every candidate alike (DPO would skip): give the pools
     # the opinions of one that does not, first candidate best, so stage 4 trains on real pairs
     pools = RunDir(out).stage_dir(3) / CANDIDATES
+    shutil.copy(pools, out.parent / "rg_sft_as_scored.jsonl")  # the pools stage 3 scored
     rows = [json.loads(line) for line in pools.read_text().splitlines()]
     for r in rows:
         r["rewards"] = [1.0 - 0.1 * k for k in range(len(r["candidates"]))]
@@ -86,3 +101,25 @@ def test_dpo_reference_was_the_policy_with_adapters_off_and_rg_cl_kept_no_copy(l
     assert held["loss"] != held["before"]["loss"]  # and after training, the adapters moved the policy
     rg_cl = run.stage_info(5)
     assert rg_cl["frozen_unchanged"] == {} and "LoRA" in rg_cl["target_encoder"]
+
+
+def test_rg_sft_scored_with_the_policy_itself_as_a_copy_would(lora_run):
+    """Under LoRA, stage 3's reward reasoner is the checkpoint the policy starts from: it scores
+    with the policy (before its adapters go in) and keeps no second copy. The candidate latents
+    it scored with are those a separate copy of that reasoner gives; the trained policy's differ."""
+    run = RunDir(lora_run)
+    info = run.stage_info(3)
+    assert info["frozen_unchanged"] == {"reward_model": True} and "no copy" in info["reward_reasoner_source"]
+    assert info["reward_reasoner"] == info["policy_from"] == "stages/1-warmup/reasoner"
+    pools = [json.loads(line) for line in (lora_run.parent / "rg_sft_as_scored.jsonl").read_text().splitlines()]
+    cfg = TrainConfig.from_dict(LORA)
+    ctx = trainer.prepare(read_json(lora_run / "run.json")["data"]["path"], lora_run, cfg, DistInfo(), lambda m: None, True)
+    prompts = [ctx.prompts("train")[p["row"]] for p in pools]
+    scored = safetensors.torch.load_file(str(lora_run.parent / "rg_sft_latents.safetensors"))["latents"]
+
+    def latents(reasoner_dir: Path):
+        copy = Reasoner.load(reasoner_dir)
+        return rga.candidate_latents(copy, copy.tokenizer, prompts, [p["candidates"] for p in pools])
+
+    assert (latents(lora_run / info["reward_reasoner"]) - scored).abs().max() <= 1e-6
+    assert (latents(run.stage_dir(3) / "reasoner") - scored).abs().max() > 1e-4  # the check can fail

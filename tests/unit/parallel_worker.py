@@ -1,11 +1,13 @@
-"""Run by tests/unit/test_training_parallel.py under torchrun (and in-process for one process):
-global-batch SFT of the tiny reasoner, one job after another in one process group, each job's
-per-step losses written as JSON by rank 0.
+"""Run by tests/unit/test_training_parallel.py and test_alignment_parallel.py under torchrun (and
+in-process for one process), one job after another in one process group:
+
+- an SFT job: global-batch SFT of the tiny reasoner, its per-step losses written as JSON by rank 0;
+  {"strategy", "losses" (output path), "checkpoint" (or null), "stop_after" (or null)};
+- a stages job: RGA stages of a run folder (stages 1-2 done), as `rgalign train` runs them;
+  {"kind": "stages", "strategy", "data", "run", "config" (TrainConfig dict), "stages",
+  "checkpoint_every"}: each stage writes its losses.csv.
 
     python -m torch.distributed.run ... tests/unit/parallel_worker.py JOBS.json
-
-JOBS.json: a list of {"strategy", "losses" (output path), "checkpoint" (or null), "stop_after"
-(or null)}.
 """
 
 from __future__ import annotations
@@ -47,11 +49,23 @@ def run_job(job: dict, dist: DistInfo) -> list[float]:
     return losses
 
 
+def run_stages(job: dict, dist: DistInfo) -> None:
+    from rgalign.training import trainer
+    from rgalign.training.alignment import RGA_STAGES
+    from rgalign.training.config import TrainConfig
+
+    dist = DistInfo(dist.rank, dist.world_size, job["strategy"], job.get("checkpoint_every", 0))
+    ctx = trainer.prepare(job["data"], job["run"], TrainConfig.from_dict(job["config"]), dist, lambda m: None, True)
+    for index in job["stages"]:
+        torch.manual_seed(ctx.config.seed * 1000 + index)  # as trainer.train seeds a stage of round 0
+        RGA_STAGES[index](ctx, 0)
+
+
 def main(jobs_file: str) -> None:
     torch.set_num_threads(1)
     dist = init_distributed()
     for job in json.loads(Path(jobs_file).read_text()):
-        run_job(job, dist)
+        run_stages(job, dist) if job.get("kind") == "stages" else run_job(job, dist)
     if dist.enabled:
         torch.distributed.destroy_process_group()
 

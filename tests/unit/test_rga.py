@@ -397,6 +397,24 @@ def test_info_nce_decreases_as_anchors_move_to_their_positives():
     assert rga.info_nce(a.detach() - 0.5 * a.grad, p, negs).item() < losses[0]
 
 
+def test_info_nce_of_a_global_batch_splits_into_the_ranks_shares():
+    """A rank computes its anchors (rows rank::world) against the whole batch's positives: the
+    shares, weighted by their sizes, add up to the one-process loss (a duplicate positive, a KB
+    mask and an odd batch included)."""
+    gen = torch.Generator().manual_seed(1)
+    p = torch.randn(7, 16, generator=gen)
+    p[5] = p[2]  # two requests with the same target
+    a = torch.randn(7, 16, generator=gen)
+    negs = torch.randn(11, 16, generator=gen)
+    mask = torch.rand(7, 11, generator=gen) > 0.3
+    whole = rga.info_nce(a, p, negs, 0.1, mask)
+    parts = [(rga.info_nce(a[r::2], p, negs, 0.1, mask[r::2], targets=torch.arange(7)[r::2]), len(range(r, 7, 2)))
+             for r in (0, 1)]
+    assert sum(loss * k for loss, k in parts).item() / 7 == pytest.approx(whole.item(), rel=1e-6)
+    with pytest.raises(ConfigError):
+        rga.info_nce(a[:3], p, negs)  # a subset of anchors needs its targets
+
+
 def test_info_nce_does_not_use_an_identical_positive_as_negative():
     a = torch.tensor([[1.0, 0.0], [1.0, 0.1]])
     p = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # both requests clicked the same intent
@@ -443,3 +461,25 @@ def test_candidate_latents_truncate_long_texts(reasoner, prompts, share_prompt):
     cands = [["Where is my parcel " * 8, "x"], ["Refund status", "Payment failed"]]
     z = rga.candidate_latents(reasoner, reasoner.tokenizer, prompts[:2], cands, max_len=24, share_prompt=share_prompt)
     assert z.shape == (2, 2, reasoner.config.d_query) and torch.isfinite(z).all()
+
+
+def test_stage3_keeps_the_reward_reasoners_copy_unless_lora_reads_the_same_checkpoint(tmp_path):
+    """The policy scores its own pools only under LoRA and when the reward ranker read the very
+    checkpoint the policy starts from; otherwise a copy, and stage.json's source says why."""
+    import types
+
+    from rgalign.training.alignment.rg_sft import _reward_reasoner_source
+    from rgalign.training.config import TrainConfig
+
+    policy = tiny_reasoner()
+    run = tmp_path / "run"
+    ctx = types.SimpleNamespace(run=types.SimpleNamespace(root=run), relative=lambda p: str(p.relative_to(run)))
+    lora = TrainConfig.from_dict({"finetune": {"lora": "on"}})
+    own, other = run / "stages/5-rg-cl/reasoner", run / "stages/1-warmup/reasoner"
+    ctx.config = lora
+    assert _reward_reasoner_source(ctx, policy, own, own)[0]
+    shared, why = _reward_reasoner_source(ctx, policy, own, other)
+    assert not shared and "stages/1-warmup/reasoner" in why
+    ctx.config = TrainConfig.from_dict({"finetune": {"lora": "off"}})
+    shared, why = _reward_reasoner_source(ctx, policy, own, own)
+    assert not shared and "full fine-tuning" in why

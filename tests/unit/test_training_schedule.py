@@ -5,7 +5,6 @@ OneCycleLR's exact numbers, so the default runs' results do not move."""
 from __future__ import annotations
 
 import math
-import types
 import warnings
 
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 import torch
 
 from rgalign.training import loops
-from rgalign.training.alignment.common import train_policy
+from rgalign.training.global_loop import one_cycle_schedule, train_global
 from rgalign.training.distributed import DistInfo
 from rgalign.training.schedule import linear_warmup, one_cycle
 from tiny import TINY_FIELDS, tiny_reasoner, tiny_requests
@@ -82,22 +81,73 @@ def test_reasoner_sft_trains_on_tiny_budgets(n, batch, epochs):
     assert not torch.equal(before, reasoner.backbone.lm_head.weight)  # it trained, even the single step
 
 
+def _latent_step(reasoner, prompts, target):
+    from rgalign.models.tokenizer import encode_prompts
+
+    def step(model, batch: np.ndarray, local: np.ndarray):
+        idx = batch[local]
+        enc = encode_prompts(reasoner.tokenizer, [prompts[i] for i in idx], 96)
+        z = model(enc["input_ids"], enc["attention_mask"])
+        loss = (1 - (z * target[idx]).sum(-1)).mean()
+        return loss, len(idx), {"loss": float(loss.detach())}
+
+    return step
+
+
 @pytest.mark.parametrize("n", [1, 10], ids=["1-step", "10-steps"])
 def test_the_dpo_and_rg_cl_loop_trains_on_tiny_budgets(n):
     reasoner = tiny_reasoner()
-    ctx = types.SimpleNamespace(dist=DistInfo(), quiet=True)
     prompts, _ = _examples(n)
     target = torch.nn.functional.normalize(torch.randn(n, reasoner.config.d_query, generator=torch.Generator().manual_seed(0)), dim=-1)
-    from rgalign.models.tokenizer import encode_prompts
-
-    def step(idx: np.ndarray):
-        enc = encode_prompts(reasoner.tokenizer, [prompts[i] for i in idx], 96)
-        z = reasoner(enc["input_ids"], enc["attention_mask"])
-        loss = (1 - (z * target[idx]).sum(-1)).mean()
-        return loss, {"loss": float(loss.detach())}
-
     before = reasoner.proj.weight.detach().clone()
-    log = train_policy(ctx, reasoner, n, step, epochs=1, batch_size=1, lr=1e-3, weight_decay=0.0, seed=0,
-                       description="t")
-    assert len(log.rows) == n and all(math.isfinite(r["loss"]) for r in log.rows)
+    res = train_global(reasoner, n, _latent_step(reasoner, prompts, target), epochs=1, batch_size=1, lr=1e-3,
+                       weight_decay=0.0, seed=0, dist=DistInfo(), schedule=one_cycle_schedule(1e-3, 0.1), config={},
+                       quiet=True)
+    assert len(res.log.rows) == n and all(math.isfinite(r["loss"]) for r in res.log.rows)
     assert not torch.equal(before, reasoner.proj.weight)
+
+
+def test_seek_is_where_the_steps_lead():
+    a, b = one_cycle(_opt(), 1e-3, 17, 0.1), one_cycle(_opt(), 1e-3, 17, 0.1)
+    for k in range(17):
+        b.seek(k)
+        assert a.get_last_lr() == b.get_last_lr() and a.optimizer.param_groups[0]["betas"] == b.optimizer.param_groups[0]["betas"]
+        a.step()
+
+
+def test_one_process_keeps_the_former_dpo_and_rg_cl_loop_bit_for_bit():
+    """Stages 4 and 5 moved from a per-rank loop (each rank its own batches) to the global-batch
+    loop; on one process the two take the very same steps, so a one-process run's results do not
+    move. The former loop, as it was (alignment/common.py before), is the reference here."""
+    n, batch_size, epochs, lr = 10, 3, 2, 1e-3
+    prompts, _ = _examples(n)
+    target = torch.nn.functional.normalize(torch.randn(n, 32, generator=torch.Generator().manual_seed(0)), dim=-1)
+    lengths = np.arange(n) % 4
+    torch.manual_seed(0)
+    old = tiny_reasoner()
+    torch.manual_seed(0)
+    new = tiny_reasoner()
+    # the former loop
+    step = _latent_step(old, prompts, target)
+    params = [p for p in old.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    rng = np.random.default_rng(0)
+    steps_per_epoch = math.ceil(n / batch_size)
+    sched = one_cycle(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.1)
+    old.train()
+    losses = []
+    for _ in range(epochs):
+        for idx in loops.epoch_batches(rng.permutation(n), batch_size, steps_per_epoch, rng, lengths):
+            loss, _, stats = step(old, idx, np.arange(len(idx)))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            losses.append(stats["loss"])
+    res = train_global(new, n, _latent_step(new, prompts, target), epochs=epochs, batch_size=batch_size, lr=lr,
+                       weight_decay=0.01, seed=0, dist=DistInfo(), schedule=one_cycle_schedule(lr, 0.1), config={},
+                       lengths=lengths, quiet=True)
+    assert [r["loss"] for r in res.log.rows] == losses
+    for (name, a), b in zip(old.state_dict().items(), new.state_dict().values()):
+        assert torch.equal(a, b), name

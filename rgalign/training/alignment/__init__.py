@@ -8,7 +8,8 @@ over a run folder, one stage at a time, each writing ``stages/<i>-<name>[-rR]/``
                  model they form a Best-of-N pool per training request; the reward model (the
                  last QE ranker, on latents from the reasoner it was trained with) scores each
                  candidate; SFT on the best. Writes ``candidates.jsonl`` (pools and rewards).
-    4 dpo        DPO on (best, worst) pairs of those pools, reference = the frozen RG-SFT model.
+    4 dpo        DPO on (best, worst) pairs of those pools, reference = the RG-SFT model (under LoRA
+                 the policy with its adapters off, else a frozen copy).
     5 rg-cl      InfoNCE: the prompt's latent query -> the preferred query's latent mixed with the
                  clicked intents' latents; in-batch and KB negatives.
     6 calibrate  the QE ranker re-fitted (warm start) on the aligned reasoner's latent queries,
@@ -20,8 +21,10 @@ over a run folder, one stage at a time, each writing ``stages/<i>-<name>[-rR]/``
 from round r - 1's reasoner and ranker. Every frozen model's parameters are checksummed before and
 after the stage; a change is a `TrainError`, and ``stage.json`` records the check.
 
-Under torchrun every rank builds the same pools (sampling is seeded per chunk, not per rank) and
-the training steps are sharded as in stages 1-2.
+Under torchrun every rank builds the same pools (sampling is seeded per chunk, not per rank), and
+the policy of stages 3-5 trains on global batches, DDP or FSDP2 (`rgalign.training.global_loop`,
+as stage 1): the same losses on 1 or N processes, and with ``--checkpoint-every`` a state each
+stage resumes from (``RUN/train_state/<stage>/``, removed once the stage is saved).
 """
 
 from __future__ import annotations

@@ -1,25 +1,24 @@
 """What the RGA stage drivers share: the stage's seed, the clicked training requests and their
-slates, the previous stage's folder and pools, and the policy-training loop of stages 4 and 5."""
+slates, the previous stage's folder and pools, and the policy-training loop of stages 4 and 5
+(`train_policy`, over `global_loop`, the loop the SFT of stages 1 and 3 runs on too)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from rgalign.errors import TrainError
-from rgalign.models.reasoner import Reasoner
 from rgalign.training import loops
 from rgalign.training.context import Context
 from rgalign.artifacts.run import STAGE_NAMES
-from rgalign.training.distributed import shard
-from rgalign.training.schedule import one_cycle
+from rgalign.training.global_loop import StepFn, one_cycle_schedule, state_for_stage, train_global
 
 CANDIDATES = "candidates.jsonl"
 
@@ -60,12 +59,20 @@ def read_pools(stage_dir: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def stage_state_dir(ctx: Context, index: int, round_: int) -> Path:
+    """Where stage ``index`` of ``round_`` keeps its resumable training state (``--checkpoint-every``)
+    until the stage is saved: ``train_state/<the stage folder's name>`` in the run."""
+    return ctx.run.root / "train_state" / ctx.run.stage_dir(index, round_).name
+
+
 def train_policy(
     ctx: Context,
-    policy: Reasoner,
+    module: nn.Module,
     n_items: int,
-    step: Callable[[np.ndarray], tuple[torch.Tensor, dict[str, float]]],
+    step: StepFn,
     *,
+    index: int,
+    round_: int,
     epochs: int,
     batch_size: int,
     lr: float,
@@ -75,32 +82,16 @@ def train_policy(
     lengths: np.ndarray | None = None,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> loops.LossLog:
-    """The loop stages 4 and 5 share: AdamW with a one-cycle schedule over ``epochs`` passes of
-    ``n_items`` in seeded, rank-sharded batches (of similar ``lengths`` when given, see
-    `loops.epoch_batches`); ``step(idx)`` returns the batch's loss (with its graph) and the floats
-    to log (the first is shown on the progress bar). ``step`` runs inside ``autocast()`` (bf16,
-    see `finetune.autocast_for`); the trained parameters are those of ``policy`` that require grad."""
-    params = [p for p in policy.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    rng = np.random.default_rng(seed)
-    steps_per_epoch = math.ceil(math.ceil(n_items / ctx.dist.world_size) / batch_size)
-    total = max(1, epochs * steps_per_epoch)
-    sched = one_cycle(opt, max_lr=lr, total_steps=total, pct_start=0.1)  # 10 steps: see schedule.py
-    log = loops.LossLog()
-    policy.train()
-    with loops.progress(disable=ctx.quiet or not ctx.dist.is_main) as bar:
-        task = bar.add_task(description, total=total, info="")
-        for epoch in range(epochs):
-            order = shard(rng.permutation(n_items), ctx.dist)
-            for idx in loops.epoch_batches(order, batch_size, steps_per_epoch, rng, lengths):
-                with autocast():
-                    loss, stats = step(idx)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                sched.step()
-                log.add(epoch=epoch, step=len(log.rows), **stats)
-                bar.update(task, advance=1, info=" ".join(f"{name} {v:.3f}" for name, v in list(stats.items())[:2]))
-    policy.eval()
-    return log
+    """The loop of stages 4 and 5: `global_loop.train_global` (global batches of ``batch_size``,
+    the same update on any number of processes, DDP or FSDP2) with a one-cycle schedule (10%
+    warm-up, see schedule.py), resumable from ``stage_state_dir`` under ``--checkpoint-every``.
+    ``module`` is what ``step`` calls (the policy, or a module around it); its parameters that
+    require grad are trained. The stage removes the state (`drop_stage_state`) once saved."""
+    res = train_global(
+        module, n_items, step, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
+        dist=ctx.dist, schedule=one_cycle_schedule(lr, 0.1), config={"stage": f"{index}-{round_}"}, lengths=lengths,
+        description=description, quiet=ctx.quiet,
+        checkpoint_dir=state_for_stage(ctx.dist, stage_state_dir(ctx, index, round_)),
+        checkpoint_every=ctx.dist.checkpoint_every, autocast=autocast,
+    )
+    return res.log

@@ -19,7 +19,11 @@ from rgalign.models.tokenizer import encode_pairs
 from rgalign.errors import TrainError
 from rgalign.training import finetune, loops, rga
 from rgalign.training.context import Context
-from rgalign.training.alignment.common import previous_stage, read_pools, stage_seed, train_policy
+from rgalign.training.alignment.common import (
+    previous_stage, read_pools, stage_seed, stage_state_dir, train_policy,
+)
+from rgalign.training.global_sft import drop_stage_state
+from rgalign.training.parallel import dist_record
 
 
 class _SequenceLogprobs(nn.Module):
@@ -94,20 +98,21 @@ def stage_dpo(ctx: Context, round_: int) -> None:
         ref_r = rga.batched_sequence_logprobs(ref, tok, prompts, [p.rejected for p in pairs], batch_size=64)
     held_before = _dpo_eval(held_ref, held_ref, c.beta)
 
-    model = loops._wrap(_SequenceLogprobs(policy), ctx.dist, find_unused=True)
-
-    def step(idx: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
+    def step(model: nn.Module, batch: np.ndarray, local: np.ndarray) -> tuple[torch.Tensor, int, dict[str, float]]:
+        # this rank's pairs of the global batch; the DPO loss is a mean over pairs
+        idx, dev = batch[local], next(model.parameters()).device
         n = len(idx)
         enc = encode_pairs(tok, [prompts[i] for i in idx] * 2,
                            [pairs[i].chosen for i in idx] + [pairs[i].rejected for i in idx], max_len)
-        logps = model(enc["input_ids"], enc["attention_mask"], enc["labels"]).float()
-        return rga.dpo_loss(logps[:n], logps[n:], ref_c[idx], ref_r[idx], beta=c.beta)
+        logps = model(enc["input_ids"].to(dev), enc["attention_mask"].to(dev), enc["labels"].to(dev)).float().cpu()
+        loss, stats = rga.dpo_loss(logps[:n], logps[n:], ref_c[idx], ref_r[idx], beta=c.beta)
+        return loss, n, stats
 
     # a pair's rows pad to its longer answer; RG-CL keeps random batches (its in-batch negatives)
     lengths = loops.pair_lengths(tok, prompts, [p.chosen for p in pairs], [p.rejected for p in pairs])
-    log = train_policy(ctx, policy, len(pairs), step, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
-                        weight_decay=0.0, seed=seed, description=f"4 DPO (round {round_})", lengths=lengths,
-                        autocast=tuning.autocast)
+    log = train_policy(ctx, _SequenceLogprobs(policy), len(pairs), step, index=4, round_=round_, epochs=c.epochs,
+                        batch_size=c.batch_size, lr=c.lr, weight_decay=0.0, seed=seed,
+                        description=f"4 DPO (round {round_})", lengths=lengths, autocast=tuning.autocast)
     held_after = _dpo_eval(_pair_logprobs(policy, held), held_ref, c.beta)
     if frozen is not None:
         checks = frozen.check("stage 4")
@@ -131,9 +136,10 @@ def stage_dpo(ctx: Context, round_: int) -> None:
         "held_out": {"pairs": len(held), **{f"{k}": v for k, v in held_after.items()},
                      "before": held_before, "ln2": math.log(2.0)},
         "policy_from": ctx.relative(src / "reasoner"), "reference": ctx.relative(src / "reasoner"),
-        "frozen_unchanged": checks, "finetune": tuning.info(),
+        "frozen_unchanged": checks, "finetune": tuning.info(), "dist": dist_record(ctx.dist, policy),
     }
     ctx.finish(4, save, info, round_)
+    drop_stage_state(ctx.dist, stage_state_dir(ctx, 4, round_))
     held_txt = (f"; held-out {len(held)} pairs: loss {held_after['loss']:.3f} (ln 2 = 0.693), reward accuracy "
                 f"{held_after['reward_accuracy']:.2f}" if held else "")
     ctx.log(f"stage 4 dpo (round {round_}): {len(pairs)} pairs (of {available} over the margin), loss "

@@ -16,16 +16,19 @@ from torch import nn
 from rgalign.io import write_text_atomic
 from rgalign.models.reasoner import Reasoner
 from rgalign.models.tokenizer import encode_prompts
-from rgalign.training import finetune, loops, rga
+from rgalign.training import finetune, rga
 from rgalign.training.context import Context
 from rgalign.training.alignment.common import (
-    clicked_rows, previous_stage, read_pools, slate, stage_seed, train_policy,
+    clicked_rows, previous_stage, read_pools, slate, stage_seed, stage_state_dir, train_policy,
 )
+from rgalign.training.global_sft import drop_stage_state
+from rgalign.training.parallel import dist_record
 
 
 def _latents_with_grad(model: nn.Module, tok: Any, prompts: list[str], max_len: int) -> torch.Tensor:
     enc = encode_prompts(tok, prompts, max_len)
-    return model(enc["input_ids"], enc["attention_mask"])
+    dev = next(model.parameters()).device
+    return model(enc["input_ids"].to(dev), enc["attention_mask"].to(dev))
 
 
 @torch.no_grad()
@@ -90,18 +93,20 @@ def stage_rg_cl(ctx: Context, round_: int) -> None:
     before = _kb_retrieval(policy, vprompts, ~not_clicked, kb_latents, ctx.config.infer_batch)
 
     tuning = finetune.start(policy, ctx.config)  # after the targets: see `snapshot` above
-    model = loops._wrap(policy, ctx.dist, find_unused=True)  # the LM head gets no gradient here
     negatives = kb_latents if c.kb_negatives else None
 
-    def step(idx: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
+    def step(model: nn.Module, batch: np.ndarray, local: np.ndarray) -> tuple[torch.Tensor, int, dict[str, float]]:
+        # this rank's anchors against the positives of the whole global batch (its in-batch
+        # negatives, constants): the loss terms one process computes for these rows
+        idx = batch[local]
         anchor = _latents_with_grad(model, tok, [prompts[i] for i in idx], max_len)
-        loss = rga.info_nce(anchor, positives[idx], negatives, c.temperature,
-                            neg_mask[idx] if negatives is not None else None)
-        return loss, {"info_nce": float(loss.detach())}
+        loss = rga.info_nce(anchor, positives[batch], negatives, c.temperature,
+                            neg_mask[idx] if negatives is not None else None, targets=torch.from_numpy(local))
+        return loss, len(idx), {"info_nce": float(loss.detach())}
 
-    log = train_policy(ctx, policy, len(prompts), step, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
-                        weight_decay=0.01, seed=seed, description=f"5 RG-CL (round {round_})",
-                        autocast=tuning.autocast)
+    log = train_policy(ctx, policy, len(prompts), step, index=5, round_=round_, epochs=c.epochs,
+                        batch_size=c.batch_size, lr=c.lr, weight_decay=0.01, seed=seed,
+                        description=f"5 RG-CL (round {round_})", autocast=tuning.autocast)
     tuning.merge()
     after = _kb_retrieval(policy, vprompts, ~not_clicked, kb_latents, ctx.config.infer_batch)
     seconds = time.perf_counter() - t0
@@ -119,11 +124,12 @@ def stage_rg_cl(ctx: Context, round_: int) -> None:
         "final_loss": float(np.mean([r["info_nce"] for r in log.rows[-20:]])) if log.rows else math.nan,
         "valid_kb_retrieval": {"before": before, "after": after},
         "policy_from": ctx.relative(src / "reasoner"), "frozen_unchanged": checks,
-        "finetune": tuning.info(),
+        "finetune": tuning.info(), "dist": dist_record(ctx.dist, policy),
     }
     if frozen is None:
         info["target_encoder"] = "the policy before training (LoRA: no copy kept)"
     ctx.finish(5, save, info, round_)
+    drop_stage_state(ctx.dist, stage_state_dir(ctx, 5, round_))
     ctx.log(f"stage 5 rg-cl (round {round_}): {len(prompts)} requests, InfoNCE {info['first_loss']:.3f} -> "
             f"{info['final_loss']:.3f}, valid clicked intent in the latent's KB top-10 {before['hit@10']:.3f} -> "
             f"{after['hit@10']:.3f}, {seconds:.0f} s")

@@ -16,7 +16,24 @@ from rgalign.models.reasoner import Reasoner
 from rgalign.training import finetune, loops, rga
 from rgalign.training.context import Context, require_reasoner
 from rgalign.artifacts.run import final_models
-from rgalign.training.alignment.common import CANDIDATES, clicked_rows, slate, stage_seed
+from rgalign.training.alignment.common import CANDIDATES, clicked_rows, slate, stage_seed, stage_state_dir
+from rgalign.training.global_sft import drop_stage_state, sft_for_stage
+from rgalign.training.parallel import dist_record
+
+
+def _reward_reasoner_source(ctx: Context, policy: Reasoner, policy_dir: Path, reward_dir: Path) -> tuple[bool, str]:
+    """Whether stage 3 scores with the policy itself (True) or a frozen copy of the reward
+    reasoner, and what stage.json says of it. The policy serves when LoRA trains it (its base
+    weights are never touched) and the reward reasoner is the very checkpoint the policy starts
+    from (round 0: stage 1's reasoner, which stage 2's ranker read; later rounds: the last RG-CL
+    reasoner, which stage 6 re-fitted on). Otherwise a copy, as before: a reward ranker trained on
+    another reasoner (e.g. stage 6 not run in the last round), or full fine-tuning."""
+    if not finetune.start_plan(policy, ctx.config).lora:
+        return False, "a frozen copy (full fine-tuning: the policy's weights move)"
+    if Path(policy_dir).resolve() != Path(reward_dir).resolve():
+        return False, (f"a frozen copy: the reward ranker read {ctx.relative(reward_dir)}, not the policy's "
+                       f"{ctx.relative(policy_dir)}")
+    return True, "the policy before its adapters go in (the same checkpoint; LoRA: no copy kept)"
 
 
 def stage_rg_sft(ctx: Context, round_: int) -> None:
@@ -24,8 +41,17 @@ def stage_rg_sft(ctx: Context, round_: int) -> None:
     policy_dir = require_reasoner(ctx, 3)
     reward_reasoner_dir, ranker_dir = final_models(ctx.run)
     policy = Reasoner.load(policy_dir)
-    frozen = rga.FrozenModels(reward_model=QERanker.load(ranker_dir), reward_reasoner=Reasoner.load(reward_reasoner_dir))
-    ranker, reward_reasoner = frozen.models["reward_model"], frozen.models["reward_reasoner"]
+    shared, source = _reward_reasoner_source(ctx, policy, policy_dir, reward_reasoner_dir)
+    if shared:
+        # every reward latent below is computed before the adapters go in: the policy then *is*
+        # the reward reasoner (as RG-CL's target encoder is the policy before training, and DPO's
+        # reference the policy with its adapters off), and a second full copy would only cost memory
+        frozen = rga.FrozenModels(reward_model=QERanker.load(ranker_dir))
+        reward_reasoner = policy
+    else:
+        frozen = rga.FrozenModels(reward_model=QERanker.load(ranker_dir), reward_reasoner=Reasoner.load(reward_reasoner_dir))
+        reward_reasoner = frozen.models["reward_reasoner"]
+    ranker = frozen.models["reward_model"]
     tok = policy.tokenizer
     seed = stage_seed(ctx, 3, round_)
     rows = clicked_rows(ctx, c.max_requests, seed)
@@ -55,7 +81,9 @@ def stage_rg_sft(ctx: Context, round_: int) -> None:
     sft_prompts, sft_targets = rga.sft_examples(prompts, cands, best)
     # adapters go in after sampling (generation through them is slower, and they start at zero)
     tuning = finetune.start(policy, ctx.config)
-    res = loops.train_sft(
+    # the SFT stage 1 runs: global batches under torchrun (DDP or FSDP2) or --checkpoint-every
+    state_dir = stage_state_dir(ctx, 3, round_)
+    res = sft_for_stage(ctx.dist, state_dir)(
         policy, tok, sft_prompts, sft_targets, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
         max_len=policy.config.max_len, seed=seed, dist=ctx.dist, description=f"3 RG-SFT (round {round_})",
         quiet=ctx.quiet, autocast=tuning.autocast,
@@ -89,10 +117,11 @@ def stage_rg_sft(ctx: Context, round_: int) -> None:
         },
         "final_lm_loss": res.final_loss, "examples_per_s": res.examples_per_s,
         "policy_from": ctx.relative(policy_dir), "reward_model": ctx.relative(ranker_dir),
-        "reward_reasoner": ctx.relative(reward_reasoner_dir), "frozen_unchanged": checks,
-        "finetune": tuning.info(),
+        "reward_reasoner": ctx.relative(reward_reasoner_dir), "reward_reasoner_source": source,
+        "frozen_unchanged": checks, "finetune": tuning.info(), "dist": dist_record(ctx.dist, policy),
     }
     ctx.finish(3, save, info, round_)
+    drop_stage_state(ctx.dist, state_dir)
     ctx.log(f"stage 3 rg-sft (round {round_}): {len(rows)} requests x {c.n_candidates} candidates, reward "
             f"best {info['reward']['best_mean']:.3f} vs own latent {info['reward']['own_latent_mean']:.3f} "
             f"({100 * from_samples:.0f}% of best sampled), LM loss {res.final_loss:.3f}, {info['seconds']:.0f} s")

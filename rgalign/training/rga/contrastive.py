@@ -17,13 +17,15 @@ def info_nce(
     temperature: float = 0.1,
     negative_mask: torch.Tensor | None = None,
     duplicate_eps: float = 1e-6,
+    targets: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """InfoNCE of each anchor against its positive, in-batch negatives and extra negatives.
 
     Args:
         anchor: (B, d) latent queries (the policy's, with gradient).
-        positives: (B, d) targets, row i the positive of anchor i; row j != i is a negative of
-            anchor i (in-batch negatives). Usually constants (`clicked_intent_targets`).
+        positives: (P, d) targets, row ``targets[i]`` the positive of anchor i (P = B and row i
+            by default); every other row is a negative of anchor i (in-batch negatives).
+            Usually constants (`clicked_intent_targets`).
         negatives: (M, d) extra negatives shared by the batch, e.g. the KB intents' latents.
         temperature: 0.1. On unit vectors the logits lie in [-10, 10], room enough for a
             softmax over B + M (a few hundred) entries; much lower (CLIP's 0.07 and below)
@@ -33,24 +35,33 @@ def info_nce(
         duplicate_eps: in-batch positive j is not a negative of anchor i when it is the same
             vector as positive i (cosine >= 1 - eps): two requests with the same clicked intents
             would otherwise push each other's anchors away from the right answer.
+        targets: (B,) int64, the row of ``positives`` that is anchor i's: a rank of a global
+            batch (`global_loop`) computes its own anchors against the positives of the whole
+            batch, so its loss terms are those one process computes for the same rows.
 
     All of anchor, positives and negatives are L2-normalised here (cosine similarity), so the
     loss aligns directions, which is what the ranker reads from a unit-norm latent query.
 
     Returns the mean over the batch of ``-log softmax([a_i.p_j]_j ++ [a_i.n_m]_m / T)[i]``.
     """
-    if anchor.dim() != 2 or anchor.shape != positives.shape:
+    b = anchor.shape[0]
+    if targets is None and anchor.shape != positives.shape:
         raise ConfigError(
             f"anchor and positives must both be (B, d), got {tuple(anchor.shape)} and {tuple(positives.shape)}"
         )
+    if anchor.dim() != 2 or positives.dim() != 2 or anchor.shape[1] != positives.shape[1]:
+        raise ConfigError(f"anchor (B, d) and positives (P, d) expected, got {tuple(anchor.shape)} and "
+                          f"{tuple(positives.shape)}")
     if temperature <= 0:
         raise ConfigError(f"temperature must be > 0, got {temperature}")
-    b = anchor.shape[0]
     a = F.normalize(anchor, dim=-1)
     p = F.normalize(positives.to(a), dim=-1)
-    logits = a @ p.T / temperature  # (B, B)
-    same = (p @ p.T) >= 1.0 - duplicate_eps
-    same &= ~torch.eye(b, dtype=torch.bool, device=a.device)
+    t = torch.arange(b, device=a.device) if targets is None else targets.to(device=a.device, dtype=torch.long)
+    if tuple(t.shape) != (b,):
+        raise ConfigError(f"targets must be ({b},), got {tuple(t.shape)}")
+    logits = a @ p.T / temperature  # (B, P)
+    same = (p[t] @ p.T) >= 1.0 - duplicate_eps
+    same[torch.arange(b, device=a.device), t] = False
     logits = logits.masked_fill(same, float("-inf"))
     if negatives is not None and negatives.shape[0] > 0:
         if negatives.dim() != 2 or negatives.shape[1] != a.shape[1]:
@@ -63,7 +74,7 @@ def info_nce(
                 raise ConfigError(f"negative_mask has shape {tuple(negative_mask.shape)}, expected {tuple(neg.shape)}")
             neg = neg.masked_fill(~nm, float("-inf"))
         logits = torch.cat([logits, neg], dim=1)
-    return F.cross_entropy(logits, torch.arange(b, device=a.device))
+    return F.cross_entropy(logits, t)
 
 
 def clicked_intent_targets(
