@@ -32,7 +32,7 @@ from torch import nn
 from rgalign.errors import TrainError
 from rgalign.models.tokenizer import IGNORE_INDEX, encode_pairs
 from rgalign.training import loops, train_state
-from rgalign.training.distributed import DistInfo, all_reduce_sum, rank_slice
+from rgalign.training.distributed import DistInfo, all_reduce_sum, rank_slice, steps_per_epoch as steps_per_epoch_of
 from rgalign.training.loops import LossLog, SFTResult, epoch_batches, pair_lengths, progress
 from rgalign.training.parallel import wrap_for_training
 
@@ -118,11 +118,18 @@ def train_sft_global(
     wrap = wrap_for_training(LMLoss(reasoner), dist, find_unused=True, release_original=True)
     opt = torch.optim.AdamW(list(wrap.parameters()), lr=lr, weight_decay=0.01)
     dev = next(wrap.module.parameters()).device
-    lengths = pair_lengths(tokenizer, prompts, targets)
-    steps_per_epoch = max(1, math.ceil(len(prompts) / batch_size))
-    total = max(1, epochs * steps_per_epoch)
+    lengths = pair_lengths(tokenizer, prompts, targets) if prompts else None
     config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "max_len": max_len, "seed": seed,
               "examples": len(prompts)}
+    if dist.data_sharded:
+        # each rank draws batches of ~batch_size / world from its own shard (the global batch is
+        # still ~batch_size); its state resumes only on the same shards, so the same world size
+        batch_size = math.ceil(batch_size / dist.world_size)
+        steps_per_epoch = max(1, steps_per_epoch_of(len(prompts), batch_size, dist))
+        config["data_shards"] = dist.world_size
+    else:
+        steps_per_epoch = max(1, math.ceil(len(prompts) / batch_size))
+    total = max(1, epochs * steps_per_epoch)
     rng = np.random.default_rng(seed)
     log = LossLog()
     step = n_examples = n_tokens = 0
@@ -181,7 +188,8 @@ def _step(wrap, opt, tokenizer, prompts, targets, batch, max_len, dist, dev, lr,
     local, weight = rank_slice(batch, dist), 1.0
     if len(local) == 0:
         local, weight = batch[:1], 0.0
-    enc = encode_pairs(tokenizer, [prompts[i] for i in local], [targets[i] for i in local], max_len)
+    # [""]: a sharded log's rank without examples steps on a blank pair (weight 0)
+    enc = encode_pairs(tokenizer, [prompts[i] for i in local] or [""], [targets[i] for i in local] or [""], max_len)
     n_local = float((enc["labels"][:, 1:] != IGNORE_INDEX).sum()) * weight
     n_global = all_reduce_sum(n_local, dist)
     for g in opt.param_groups:

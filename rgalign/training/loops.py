@@ -18,9 +18,10 @@ from torch import nn
 
 from rgalign import metrics
 from rgalign.data.requests import RequestArrays
+from rgalign.metrics.merge import group_codes
 from rgalign.models.losses import ranker_loss
 from rgalign.models.tokenizer import encode_pairs
-from rgalign.training.distributed import DistInfo, all_reduce_mean, shard
+from rgalign.training.distributed import DistInfo, all_gather_object, shard, steps_per_epoch as epoch_steps
 from rgalign.training.schedule import linear_warmup, one_cycle
 
 
@@ -204,7 +205,7 @@ def _train_ranker(model, forward, train, valid, *, stop, batch_size, lr, weight_
     ddp_model = _wrap(model, dist)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     rng = np.random.default_rng(seed)
-    steps_per_epoch = math.ceil(math.ceil(len(train) / dist.world_size) / batch_size)
+    steps_per_epoch = epoch_steps(len(train), batch_size, dist)
     check_every = stop.check_steps(steps_per_epoch)
     max_steps = stop.max_steps(steps_per_epoch)
     warmup = int(stop.warmup_fraction * check_every)
@@ -216,7 +217,7 @@ def _train_ranker(model, forward, train, valid, *, stop, batch_size, lr, weight_
 
     def valid_gauc() -> float:
         logits = slate_logits(model, forward, valid, valid_query)
-        return all_reduce_mean(_slate_gauc(valid, logits, metrics), dist)
+        return _slate_gauc(valid, logits, dist)  # the same value on every rank: one stop decision
 
     log = LossLog()
     best = (0, valid_gauc(), copy.deepcopy(model.state_dict()))
@@ -233,7 +234,10 @@ def _train_ranker(model, forward, train, valid, *, stop, batch_size, lr, weight_
                 idx = order[i * batch_size : (i + 1) * batch_size]
                 if len(idx) == 0:
                     idx = order[:batch_size]  # keeps step counts equal across ranks
-                b = slate_batch(train, idx, train_query)
+                weight = 1.0
+                if len(idx) == 0:  # no training request on this rank (a sharded log): a zero-weight
+                    idx, weight = np.zeros(1, np.int64), 0.0  # step on a stand-in joins the all-reduce
+                b = slate_batch(train, idx, train_query) if weight else _stand_in(valid, train, valid_query, train_query)
                 set_lr(step)
                 logits = forward(ddp_model, b)
                 prev = None
@@ -241,12 +245,14 @@ def _train_ranker(model, forward, train, valid, *, stop, batch_size, lr, weight_
                     with torch.no_grad():
                         prev = forward(previous, b)
                 loss, parts = ranker_loss(logits, b["labels"], b["mask"], prev, alpha_bce=alpha_bce, beta_kl=beta_kl)
+                if not weight:
+                    loss = torch.nan_to_num(loss) * 0.0
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
                 opt.step()
                 step += 1
-                n_impressions += int(b["mask"].sum())
+                n_impressions += int(b["mask"].sum()) if weight else 0
                 log.add(epoch=epoch, step=len(log.rows), **parts)
                 speed = n_impressions * dist.world_size / max(time.perf_counter() - t0, 1e-9)
                 bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {parts['total']:.4f} {speed:,.0f} imp/s")
@@ -280,11 +286,28 @@ def _train_ranker(model, forward, train, valid, *, stop, batch_size, lr, weight_
                         checks=checks, stopped_early=stopped, steps=step)
 
 
-def _slate_gauc(arrays: RequestArrays, logits: np.ndarray, metrics) -> float:
+def _slate_gauc(arrays: RequestArrays, logits: np.ndarray, dist: DistInfo) -> float:
+    """GAUC of the shown impressions; of every rank's (gathered) when the data is sharded."""
     m = arrays.mask
     groups = np.broadcast_to(arrays.groups[:, None], m.shape)[m]
-    value = metrics.gauc(arrays.labels[m], logits[m], groups)
+    labels, scores = arrays.labels[m], logits[m]
+    if dist.data_sharded:
+        parts = all_gather_object((labels, scores, group_codes(groups)), dist)
+        labels, scores, groups = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    value = metrics.gauc(labels, scores, groups) if len(labels) else math.nan
     return -math.inf if math.isnan(value) else value
+
+
+def _stand_in(valid: RequestArrays, train: RequestArrays, valid_query, train_query) -> dict[str, torch.Tensor]:
+    """One request's tensors for a rank without training requests to step on at weight 0: a valid
+    request where the rank has one, else a blank one (codes 0, nothing shown, masked)."""
+    if len(valid):
+        return slate_batch(valid, np.zeros(1, np.int64), valid_query)
+    b = {"cat": torch.zeros(1, train.cat.shape[1], dtype=torch.int64), "num": torch.zeros(1, train.num.shape[1]),
+         "shown": torch.zeros(1, 1, dtype=torch.int64), "labels": torch.zeros(1, 1), "mask": torch.ones(1, 1, dtype=torch.bool)}
+    if train_query is not None:
+        b["query"] = torch.zeros(1, train_query.shape[1])
+    return b
 
 
 @dataclass(frozen=True)
@@ -319,8 +342,8 @@ def train_sft(
     params = [p for p in reasoner.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     rng = np.random.default_rng(seed)
-    lengths = pair_lengths(tokenizer, prompts, targets)
-    steps_per_epoch = math.ceil(math.ceil(len(prompts) / dist.world_size) / batch_size)
+    lengths = pair_lengths(tokenizer, prompts, targets) if prompts else None
+    steps_per_epoch = epoch_steps(len(prompts), batch_size, dist)
     total = max(1, epochs * steps_per_epoch)
     sched = one_cycle(opt, max_lr=lr, total_steps=total, pct_start=0.05)
     log = LossLog()
@@ -332,9 +355,12 @@ def train_sft(
         for epoch in range(epochs):
             order = shard(rng.permutation(len(prompts)), dist)
             for idx in epoch_batches(order, batch_size, steps_per_epoch, rng, lengths):
-                enc = encode_pairs(tokenizer, [prompts[i] for i in idx], [targets[i] for i in idx], max_len)
+                # a rank without examples (a sharded log) steps on a blank pair at weight 0
+                enc = encode_pairs(tokenizer, [prompts[i] for i in idx] or [""], [targets[i] for i in idx] or [""], max_len)
                 with autocast():
                     loss = lm(enc["input_ids"], enc["attention_mask"], enc["labels"])
+                if len(idx) == 0:
+                    loss = torch.nan_to_num(loss) * 0.0
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -18,8 +18,9 @@ from rgalign.models.reasoner import Reasoner
 from rgalign.training import loops
 from rgalign.training.context import Context
 from rgalign.artifacts.run import STAGE_NAMES
-from rgalign.training.distributed import shard
+from rgalign.training.distributed import shard, steps_per_epoch as steps_per_epoch_of
 from rgalign.training.schedule import one_cycle
+from rgalign.training.shard_data import share
 
 CANDIDATES = "candidates.jsonl"
 
@@ -28,10 +29,13 @@ def stage_seed(ctx: Context, index: int, round_: int) -> int:
     return ctx.config.seed * 1000 + 100 * round_ + index
 
 
-def clicked_rows(ctx: Context, limit: int, seed: int) -> np.ndarray:
-    """Training requests with at least one click, a seeded subsample of ``limit`` (sorted)."""
+def clicked_rows(ctx: Context, limit: int, seed: int, shared: bool = True) -> np.ndarray:
+    """Training requests with at least one click, a seeded subsample of ``limit`` (sorted); with
+    the data sharded and ``shared``, this rank's part of ``limit`` (collective)."""
     tr = ctx.splits["train"]
     rows = np.flatnonzero((tr.mask & (tr.labels > 0)).any(axis=1))
+    if shared:
+        limit = share(limit, len(rows), ctx.dist)
     if len(rows) > limit:
         rows = np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
     return rows
@@ -55,9 +59,15 @@ def previous_stage(ctx: Context, index: int, round_: int) -> Path:
     return d
 
 
-def read_pools(stage_dir: Path) -> list[dict[str, Any]]:
+def read_pools(stage_dir: Path, ctx: Context | None = None) -> list[dict[str, Any]]:
+    """Stage 3's pools. With the data sharded (``ctx``), those of this rank's training requests,
+    their ``row`` made this rank's: the file holds every rank's, by request id."""
     with open(stage_dir / CANDIDATES) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        pools = [json.loads(line) for line in f if line.strip()]
+    if ctx is None or not ctx.dist.data_sharded:
+        return pools
+    local = {str(rid): i for i, rid in enumerate(ctx.splits["train"].request_ids)}
+    return [{**p, "row": local[p["request_id"]]} for p in pools if p["request_id"] in local]
 
 
 def train_policy(
@@ -83,7 +93,7 @@ def train_policy(
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     rng = np.random.default_rng(seed)
-    steps_per_epoch = math.ceil(math.ceil(n_items / ctx.dist.world_size) / batch_size)
+    steps_per_epoch = steps_per_epoch_of(n_items, batch_size, ctx.dist)
     total = max(1, epochs * steps_per_epoch)
     sched = one_cycle(opt, max_lr=lr, total_steps=total, pct_start=0.1)  # 10 steps: see schedule.py
     log = loops.LossLog()
@@ -93,8 +103,13 @@ def train_policy(
         for epoch in range(epochs):
             order = shard(rng.permutation(n_items), ctx.dist)
             for idx in loops.epoch_batches(order, batch_size, steps_per_epoch, rng, lengths):
+                weight = 1.0
+                if len(idx) == 0:  # a rank whose shard has no item: its item 0 is a blank stand-in
+                    idx, weight = np.zeros(1, np.int64), 0.0
                 with autocast():
                     loss, stats = step(idx)
+                if not weight:
+                    loss = torch.nan_to_num(loss) * 0.0
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)

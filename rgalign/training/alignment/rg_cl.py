@@ -18,6 +18,7 @@ from rgalign.models.reasoner import Reasoner
 from rgalign.models.tokenizer import encode_prompts
 from rgalign.training import finetune, loops, rga
 from rgalign.training.context import Context
+from rgalign.training.shard_data import share
 from rgalign.training.alignment.common import (
     clicked_rows, previous_stage, read_pools, slate, stage_seed, train_policy,
 )
@@ -47,7 +48,7 @@ def _kb_retrieval(reasoner: Reasoner, prompts: list[str], clicked: torch.Tensor,
 def stage_rg_cl(ctx: Context, round_: int) -> None:
     c = ctx.config.rg_cl
     src = previous_stage(ctx, 4, round_)
-    pools = {p["row"]: p for p in read_pools(previous_stage(ctx, 3, round_))}
+    pools = {p["row"]: p for p in read_pools(previous_stage(ctx, 3, round_), ctx)}  # sharded data: this rank's
     policy = Reasoner.load(src / "reasoner")
     lora = finetune.start_plan(policy, ctx.config).lora
     if lora:
@@ -63,8 +64,10 @@ def stage_rg_cl(ctx: Context, round_: int) -> None:
 
     # requests: every stage-3 pool (they have a preferred query), then more clicked requests
     rows = np.array(sorted(pools), dtype=np.int64)
-    extra = np.setdiff1d(clicked_rows(ctx, c.max_requests + len(rows), seed), rows)
-    extra = extra[: max(0, c.max_requests - len(rows))]
+    tr = ctx.splits["train"]
+    cap = share(c.max_requests, int((tr.mask & (tr.labels > 0)).any(axis=1).sum()), ctx.dist)  # sharded: this rank's part
+    extra = np.setdiff1d(clicked_rows(ctx, cap + len(rows), seed, shared=False), rows)
+    extra = extra[: max(0, cap - len(rows))]
     prompts_all = ctx.prompts("train")
     kb_latents = snapshot.encode_prompts(list(ctx.encoders.intent_texts), batch_size=ctx.config.infer_batch)
     pref = rga.candidate_latents(
@@ -79,6 +82,10 @@ def stage_rg_cl(ctx: Context, round_: int) -> None:
     keep = has.numpy()
     all_rows, positives, neg_mask = all_rows[keep], positives[keep], neg_mask[keep]
     prompts = [prompts_all[r] for r in all_rows]
+    n_requests = len(prompts)
+    if not prompts:  # sharded data, this rank has no request: steps on a blank stand-in at weight 0
+        prompts = [""]
+        positives, neg_mask = torch.zeros(1, kb_latents.shape[1]), torch.ones(1, len(kb_latents), dtype=torch.bool)
 
     # held-out alignment: do valid requests' latent queries point at their clicked intents?
     va = ctx.splits["valid"]
@@ -99,7 +106,7 @@ def stage_rg_cl(ctx: Context, round_: int) -> None:
                             neg_mask[idx] if negatives is not None else None)
         return loss, {"info_nce": float(loss.detach())}
 
-    log = train_policy(ctx, policy, len(prompts), step, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
+    log = train_policy(ctx, policy, n_requests, step, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
                         weight_decay=0.01, seed=seed, description=f"5 RG-CL (round {round_})",
                         autocast=tuning.autocast)
     tuning.merge()
@@ -113,7 +120,7 @@ def stage_rg_cl(ctx: Context, round_: int) -> None:
         write_text_atomic(d / "losses.csv", log.to_csv())
 
     info = {
-        "seconds": seconds, "requests": len(prompts), "with_preferred_query": int(keep[: len(rows)].sum()),
+        "seconds": seconds, "requests": n_requests, "with_preferred_query": int(keep[: len(rows)].sum()),
         "temperature": c.temperature, "preferred_weight": c.preferred_weight, "kb_negatives": c.kb_negatives,
         "first_loss": log.rows[0]["info_nce"] if log.rows else math.nan,
         "final_loss": float(np.mean([r["info_nce"] for r in log.rows[-20:]])) if log.rows else math.nan,
@@ -124,6 +131,6 @@ def stage_rg_cl(ctx: Context, round_: int) -> None:
     if frozen is None:
         info["target_encoder"] = "the policy before training (LoRA: no copy kept)"
     ctx.finish(5, save, info, round_)
-    ctx.log(f"stage 5 rg-cl (round {round_}): {len(prompts)} requests, InfoNCE {info['first_loss']:.3f} -> "
+    ctx.log(f"stage 5 rg-cl (round {round_}): {n_requests} requests, InfoNCE {info['first_loss']:.3f} -> "
             f"{info['final_loss']:.3f}, valid clicked intent in the latent's KB top-10 {before['hit@10']:.3f} -> "
             f"{after['hit@10']:.3f}, {seconds:.0f} s")
