@@ -108,6 +108,16 @@ def counts_sum(values: np.ndarray, dist: DistInfo) -> np.ndarray:
     return all_reduce_array(values, dist) if dist.data_sharded else values
 
 
+def shard_record(splits: dict[str, RequestArrays], dist: DistInfo) -> dict[str, object]:
+    """How the run's data was held, for metrics.json: sharded or not, and each rank's requests
+    per split (collective when sharded)."""
+    if not dist.data_sharded:
+        return {"sharded": False}
+    sizes = all_gather_object({s: len(a) for s, a in splits.items()}, dist)
+    return {"sharded": True, "ranks": dist.world_size,
+            "requests_per_rank": {s: [part[s] for part in sizes] for s in splits}}
+
+
 def require_everywhere(n_local: int, what: str, dist: DistInfo) -> None:
     """Raise, on every rank alike (no rank left waiting in a collective), where some rank has no
     ``what``: a stage that cannot run on an empty shard."""

@@ -41,7 +41,9 @@ from rgalign.training.parallel import dist_record
 from rgalign.training.evaluate import (
     baseline_forward, cohort_masks, popularity_metrics, qe_forward, ranker_metrics,
 )
-from rgalign.training.shard_data import data_fingerprint, load_sharded, share, shard_splits, use_sharded_data
+from rgalign.training.shard_data import (
+    data_fingerprint, load_sharded, share, shard_record, shard_splits, use_sharded_data,
+)
 from rgalign.training.context import (
     Context, Log, compute_latents, init_intent_prior, intent_text_embeddings, ranker_fit_info, prefetch_test_latents, qe_config, ranker_kwargs, reasoner_config, require_reasoner,
     per_rank_data, save_latents, test_latents, valid_metrics,
@@ -425,6 +427,7 @@ def evaluate_run(ctx: Context) -> dict[str, Any]:
     out["popularity"] = popularity_metrics(ctx.splits["train"], test, ctx.encoders.num_intents, k=k, cohorts=cohorts,
                                            dist=dist)
     out["per_stage"] = per_stage
+    out["data"] = shard_record(ctx.splits, dist)
     out["stages"] = {
         stage_label(i, r): {k2: v for k2, v in ctx.run.stage_info(i, r).items() if k2 not in ("stage", "name")}
         for i, r in _finished_stages(ctx.run)
