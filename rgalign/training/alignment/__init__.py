@@ -21,7 +21,9 @@ from round r - 1's reasoner and ranker. Every frozen model's parameters are chec
 after the stage; a change is a `TrainError`, and ``stage.json`` records the check.
 
 Under torchrun every rank builds the same pools (sampling is seeded per chunk, not per rank) and
-the training steps are sharded as in stages 1-2.
+the training steps are sharded as in stages 1-2. With the log read by shard (``--shard-data``,
+`rgalign.training.shard_data`) each rank builds the pools of its own requests instead;
+``candidates.jsonl`` holds every rank's, and stages 4-5 find theirs by request id.
 """
 
 from __future__ import annotations

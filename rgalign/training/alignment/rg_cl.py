@@ -18,6 +18,7 @@ from rgalign.models.reasoner import Reasoner
 from rgalign.models.tokenizer import encode_prompts
 from rgalign.training import finetune, loops, rga
 from rgalign.training.context import Context
+from rgalign.training.distributed import all_gather_object
 from rgalign.training.shard_data import share
 from rgalign.training.alignment.common import (
     clicked_rows, previous_stage, read_pools, slate, stage_seed, train_policy,
@@ -43,6 +44,16 @@ def _kb_retrieval(reasoner: Reasoner, prompts: list[str], clicked: torch.Tensor,
     hit = clicked.gather(1, top).any(dim=1).float().mean()
     cos = (sim * clicked).sum(1) / clicked.sum(1).clamp(min=1)
     return {f"hit@{k}": float(hit), "cosine": float(cos.mean())}
+
+
+def _merged(ctx: Context, means: dict[str, float], n: int) -> dict[str, float]:
+    """Means over this rank's ``n`` requests -> over every rank's (the data sharded: each rank
+    checks up to 500 of its own valid requests)."""
+    if not ctx.dist.data_sharded:
+        return means
+    parts = [(m, k) for m, k in all_gather_object((means, n), ctx.dist) if k]
+    total = sum(k for _, k in parts)
+    return {name: sum(m[name] * k for m, k in parts) / total if total else float("nan") for name in means}
 
 
 def stage_rg_cl(ctx: Context, round_: int) -> None:
@@ -89,12 +100,13 @@ def stage_rg_cl(ctx: Context, round_: int) -> None:
 
     # held-out alignment: do valid requests' latent queries point at their clicked intents?
     va = ctx.splits["valid"]
-    vrows = np.flatnonzero((va.mask & (va.labels > 0)).any(axis=1))[:500]
+    vrows = np.flatnonzero((va.mask & (va.labels > 0)).any(axis=1))
+    vrows = vrows[: share(500, len(vrows), ctx.dist)]  # sharded data: this rank's part of the 500
     _, _, not_clicked = rga.clicked_intent_targets(
         kb_latents, torch.from_numpy(va.shown[vrows]), torch.from_numpy(va.labels[vrows]), torch.from_numpy(va.mask[vrows])
     )
     vprompts = [ctx.prompts("valid")[r] for r in vrows]
-    before = _kb_retrieval(policy, vprompts, ~not_clicked, kb_latents, ctx.config.infer_batch)
+    before = _merged(ctx, _kb_retrieval(policy, vprompts, ~not_clicked, kb_latents, ctx.config.infer_batch), len(vprompts))
 
     tuning = finetune.start(policy, ctx.config)  # after the targets: see `snapshot` above
     model = loops._wrap(policy, ctx.dist, find_unused=True)  # the LM head gets no gradient here
@@ -110,7 +122,7 @@ def stage_rg_cl(ctx: Context, round_: int) -> None:
                         weight_decay=0.01, seed=seed, description=f"5 RG-CL (round {round_})",
                         autocast=tuning.autocast)
     tuning.merge()
-    after = _kb_retrieval(policy, vprompts, ~not_clicked, kb_latents, ctx.config.infer_batch)
+    after = _merged(ctx, _kb_retrieval(policy, vprompts, ~not_clicked, kb_latents, ctx.config.infer_batch), len(vprompts))
     seconds = time.perf_counter() - t0
     # with LoRA the targets are constants computed before any training step: nothing to guard
     checks = frozen.check("stage 5") if frozen is not None else {}
