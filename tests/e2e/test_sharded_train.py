@@ -132,8 +132,12 @@ def test_a_rank_without_training_requests_still_steps(data, tmp_path):
     assert ranks[0]["steps"] > 0 and ranks[0] == ranks[1]  # same steps, same stop, same weights
 
 
-def test_the_mode_is_chosen_by_size_or_by_flag(data):
+def test_the_mode_is_chosen_by_size_or_by_flag(data, monkeypatch):
+    from rgalign.data import shards
+
     assert use_sharded_data("on", data) and not use_sharded_data("off", data)
     assert not use_sharded_data("auto", data)  # 2,400 impressions: far below STREAM_ROWS
+    monkeypatch.setattr(shards, "STREAM_ROWS", 2_400)
+    assert use_sharded_data("auto", data)
     with pytest.raises(ConfigError, match="--shard-data 'maybe'"):
         use_sharded_data("maybe", data)
