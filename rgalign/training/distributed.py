@@ -106,6 +106,19 @@ def steps_per_epoch(n_items: int, batch_size: int, info: DistInfo) -> int:
     return math.ceil(math.ceil(n_items / info.world_size) / batch_size)
 
 
+def batch_weight(n_local: int, info: DistInfo) -> float:
+    """What a rank's mean loss over its ``n_local`` rows is multiplied by so that DDP's average of
+    the ranks' gradients is the mean over every rank's rows of the step: ``world * n_local /
+    n_all``. With the data sharded, shards differ in size (a ts-ordered log's last shard holds the
+    valid and test requests): a rank past its own batches steps at weight 0 instead of repeating
+    some, so an epoch counts each request once, as in one process. 1 otherwise (one all-reduce a
+    step only with the data sharded)."""
+    if not (info.data_sharded and info.enabled):
+        return 1.0
+    total = all_reduce_sum(float(n_local), info)
+    return info.world_size * n_local / total if total else 0.0
+
+
 def all_reduce_max(value: int, info: DistInfo) -> int:
     if not info.enabled:
         return value

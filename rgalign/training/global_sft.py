@@ -159,7 +159,7 @@ def train_sft_global(
             while rng_epoch <= epoch:  # a state saved at an epoch's end replays that epoch's draws
                 epoch_rng = rng.bit_generator.state  # a resume redraws this epoch's order from here
                 order = rng.permutation(len(prompts))
-                batches = epoch_batches(order, batch_size, steps_per_epoch, rng, lengths)
+                batches = epoch_batches(order, batch_size, steps_per_epoch, rng, lengths, pad_empty=dist.data_sharded)
                 rng_epoch += 1
             for batch in batches[first:]:
                 loss = _step(wrap, opt, tokenizer, prompts, targets, batch, max_len, dist, dev, lr * lr_factor(step, total),

@@ -21,7 +21,7 @@ from rgalign.data.requests import RequestArrays
 from rgalign.metrics.merge import group_codes
 from rgalign.models.losses import ranker_loss
 from rgalign.models.tokenizer import encode_pairs
-from rgalign.training.distributed import DistInfo, all_gather_object, shard, steps_per_epoch as epoch_steps
+from rgalign.training.distributed import DistInfo, all_gather_object, batch_weight, shard, steps_per_epoch as epoch_steps
 from rgalign.training.schedule import linear_warmup, one_cycle
 
 
@@ -42,7 +42,8 @@ LENGTH_GROUP = 16  # batches' worth of examples sorted by length together (see `
 
 
 def epoch_batches(
-    order: np.ndarray, batch_size: int, steps: int, rng: np.random.Generator, lengths: np.ndarray | None = None
+    order: np.ndarray, batch_size: int, steps: int, rng: np.random.Generator, lengths: np.ndarray | None = None,
+    pad_empty: bool = False,
 ) -> list[np.ndarray]:
     """One epoch's ``steps`` batches of this rank's shuffled ``order``.
 
@@ -52,14 +53,15 @@ def epoch_batches(
     tokens to ~62, 1.6x faster a step) while what an epoch sees, and in which order of batches,
     stays random. Ranks whose shard is one batch short repeat their first batch, so every rank
     takes ``steps`` steps; the shuffle draws ``steps`` numbers on every rank, so the shared ``rng``
-    stays in step across ranks.
+    stays in step across ranks. ``pad_empty`` (the data sharded: a rank may be many batches short)
+    pads with empty batches instead, which the loops run at weight 0 (`distributed.batch_weight`).
     """
     if lengths is not None:
         chunk = batch_size * LENGTH_GROUP
         parts = [order[i : i + chunk] for i in range(0, len(order), chunk)]
         order = np.concatenate([p[np.argsort(lengths[p], kind="stable")] for p in parts]) if parts else order
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    batches += [order[:batch_size]] * (steps - len(batches))
+    batches += [order[:0] if pad_empty else order[:batch_size]] * (steps - len(batches))
     batches = batches[:steps]
     if lengths is not None:
         batches = [batches[i] for i in rng.permutation(steps)]
@@ -232,12 +234,11 @@ def _train_ranker(model, forward, train, valid, *, stop, batch_size, lr, weight_
             order = shard(rng.permutation(len(train)), dist)
             for i in range(steps_per_epoch):
                 idx = order[i * batch_size : (i + 1) * batch_size]
-                if len(idx) == 0:
+                if len(idx) == 0 and not dist.data_sharded:
                     idx = order[:batch_size]  # keeps step counts equal across ranks
-                weight = 1.0
-                if len(idx) == 0:  # no training request on this rank (a sharded log): a zero-weight
-                    idx, weight = np.zeros(1, np.int64), 0.0  # step on a stand-in joins the all-reduce
-                b = slate_batch(train, idx, train_query) if weight else _stand_in(valid, train, valid_query, train_query)
+                # the data sharded: a rank past its own batches steps on a stand-in at weight 0
+                weight = batch_weight(len(idx), dist)
+                b = slate_batch(train, idx, train_query) if len(idx) else _stand_in(valid, train, valid_query, train_query)
                 set_lr(step)
                 logits = forward(ddp_model, b)
                 prev = None
@@ -245,14 +246,14 @@ def _train_ranker(model, forward, train, valid, *, stop, batch_size, lr, weight_
                     with torch.no_grad():
                         prev = forward(previous, b)
                 loss, parts = ranker_loss(logits, b["labels"], b["mask"], prev, alpha_bce=alpha_bce, beta_kl=beta_kl)
-                if not weight:
-                    loss = torch.nan_to_num(loss) * 0.0
+                if weight != 1.0:
+                    loss = torch.nan_to_num(loss) * weight
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
                 opt.step()
                 step += 1
-                n_impressions += int(b["mask"].sum()) if weight else 0
+                n_impressions += int(b["mask"].sum()) if len(idx) else 0
                 log.add(epoch=epoch, step=len(log.rows), **parts)
                 speed = n_impressions * dist.world_size / max(time.perf_counter() - t0, 1e-9)
                 bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {parts['total']:.4f} {speed:,.0f} imp/s")
@@ -354,13 +355,14 @@ def train_sft(
         task = bar.add_task(description, total=total, info="")
         for epoch in range(epochs):
             order = shard(rng.permutation(len(prompts)), dist)
-            for idx in epoch_batches(order, batch_size, steps_per_epoch, rng, lengths):
-                # a rank without examples (a sharded log) steps on a blank pair at weight 0
+            for idx in epoch_batches(order, batch_size, steps_per_epoch, rng, lengths, pad_empty=dist.data_sharded):
+                # a rank past its examples (the data sharded) steps on a blank pair at weight 0
                 enc = encode_pairs(tokenizer, [prompts[i] for i in idx] or [""], [targets[i] for i in idx] or [""], max_len)
+                weight = batch_weight(len(idx), dist)
                 with autocast():
                     loss = lm(enc["input_ids"], enc["attention_mask"], enc["labels"])
-                if len(idx) == 0:
-                    loss = torch.nan_to_num(loss) * 0.0
+                if weight != 1.0:
+                    loss = torch.nan_to_num(loss) * weight
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -18,7 +18,7 @@ from rgalign.models.reasoner import Reasoner
 from rgalign.training import loops
 from rgalign.training.context import Context
 from rgalign.artifacts.run import STAGE_NAMES
-from rgalign.training.distributed import shard, steps_per_epoch as steps_per_epoch_of
+from rgalign.training.distributed import batch_weight, shard, steps_per_epoch as steps_per_epoch_of
 from rgalign.training.schedule import one_cycle
 from rgalign.training.shard_data import share
 
@@ -102,14 +102,17 @@ def train_policy(
         task = bar.add_task(description, total=total, info="")
         for epoch in range(epochs):
             order = shard(rng.permutation(n_items), ctx.dist)
-            for idx in loops.epoch_batches(order, batch_size, steps_per_epoch, rng, lengths):
-                weight = 1.0
-                if len(idx) == 0:  # a rank whose shard has no item: its item 0 is a blank stand-in
-                    idx, weight = np.zeros(1, np.int64), 0.0
+            for idx in loops.epoch_batches(order, batch_size, steps_per_epoch, rng, lengths,
+                                           pad_empty=ctx.dist.data_sharded):
+                # the data sharded: a rank past its items steps on item 0 (a blank stand-in where it
+                # has none) at weight 0; the others' losses are weighed by their rows
+                weight = batch_weight(len(idx), ctx.dist)
+                if len(idx) == 0:
+                    idx = np.zeros(1, np.int64)
                 with autocast():
                     loss, stats = step(idx)
-                if not weight:
-                    loss = torch.nan_to_num(loss) * 0.0
+                if weight != 1.0:
+                    loss = torch.nan_to_num(loss) * weight
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
