@@ -110,6 +110,8 @@ def train_cmd(
                              "over the processes: ddp (replicas), fsdp (FSDP2 shards), auto (fsdp from 100M parameters)."),
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", min=0, help="Write a resumable state of the "
                                          "reasoner's stages 1, 3, 4 and 5 every N steps (it resumes on any number of processes)."),
+    shard_data: str = typer.Option("auto", "--shard-data", help="auto|on|off: each process reads only its shard of "
+                                   "the impressions, encoders fitted by a streamed pass (auto: on from 2M impressions)."),
 ) -> None:
     """Train the baseline, the reasoner, the QE ranker and the RGA alignment stage by stage; writes RUN/metrics.json."""
     from dataclasses import replace
@@ -121,7 +123,7 @@ def train_cmd(
     if seed is not None:
         cfg = replace(cfg, seed=seed)
     result = train(data, out, cfg, parse_stages(stages), rounds=rounds, log=lambda m: console.print(m, highlight=False), quiet=quiet,
-                   dist_strategy=dist, checkpoint_every=checkpoint_every)
+                   dist_strategy=dist, checkpoint_every=checkpoint_every, shard_data=shard_data)
     if result:
         print_metrics(result)
         console.print(f"wrote {out / 'metrics.json'}")

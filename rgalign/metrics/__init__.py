@@ -4,6 +4,6 @@ Recall/NDCG/HitRate@K, deltas) and the references and cohorts models are compare
 
 from rgalign.metrics.core import *  # noqa: F403 - the package's public names are core's and reference's
 from rgalign.metrics.core import __all__ as _core_all
-from rgalign.metrics.reference import POPULARITY_PRIOR, cohort_gauc, smoothed_like_rate
+from rgalign.metrics.reference import POPULARITY_PRIOR, cohort_gauc, like_rate_from_counts, smoothed_like_rate
 
-__all__ = [*_core_all, "POPULARITY_PRIOR", "cohort_gauc", "smoothed_like_rate"]
+__all__ = [*_core_all, "POPULARITY_PRIOR", "cohort_gauc", "like_rate_from_counts", "smoothed_like_rate"]

@@ -37,9 +37,16 @@ def smoothed_like_rate(intents: Any, labels: Any, n_intents: int, prior: float =
         raise MetricInputError(f"intents has shape {idx.shape}, labels {y.shape}")
     if idx.size and (idx.min() < 0 or idx.max() >= n_intents):
         raise MetricInputError(f"intent indices must lie in [0, {n_intents}), got [{idx.min()}, {idx.max()}]")
-    p = float(y.mean())
     shows = np.bincount(idx, minlength=n_intents).astype(np.float64)
     clicks = np.bincount(idx, weights=y, minlength=n_intents)
+    return like_rate_from_counts(shows, clicks, prior)
+
+
+def like_rate_from_counts(shows: np.ndarray, clicks: np.ndarray, prior: float = POPULARITY_PRIOR) -> np.ndarray:
+    """`smoothed_like_rate` from (N,) per-intent impression and click counts: what ranks of a
+    sharded run add up (the counts are sums, so the result is the whole log's)."""
+    shows, clicks = np.asarray(shows, dtype=np.float64), np.asarray(clicks, dtype=np.float64)
+    p = float(clicks.sum() / shows.sum()) if shows.sum() else float("nan")
     return (clicks + prior * p) / (shows + prior)
 
 

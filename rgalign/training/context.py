@@ -18,7 +18,7 @@ from rgalign.config import to_dict
 from rgalign.data.encoders import FeatureEncoders
 from rgalign.data.loader import Dataset
 from rgalign.data.requests import RequestArrays
-from rgalign.errors import TrainError
+from rgalign.errors import ConfigError, TrainError
 from rgalign.io import atomic_dir, write_json_atomic
 from rgalign.models.prompt import PromptFields
 from rgalign.models.qe_ranker import QERankerConfig
@@ -27,7 +27,7 @@ from rgalign.progress import Log
 from rgalign.training import loops
 from rgalign.training.config import TrainConfig
 from rgalign.training.distributed import DistInfo, barrier
-from rgalign.training.evaluate import latent_queries, prompts_of
+from rgalign.training.evaluate import latent_queries, prompts_of, ranker_metrics
 
 
 
@@ -107,12 +107,20 @@ def compute_latents(
     with loops.progress(disable=ctx.quiet or not ctx.dist.is_main) as bar:
         task = bar.add_task("latent queries", total=sum(len(p) for p in prompts.values()), info="")
         for s in splits:
-            out[s] = latent_queries(reasoner, prompts[s], ctx.config.infer_batch, ctx.dist, bar, task)
+            # sharded data: this rank's own requests, encoded here (nothing to gather)
+            dist = DistInfo() if ctx.dist.data_sharded else ctx.dist
+            out[s] = latent_queries(reasoner, prompts[s], ctx.config.infer_batch, dist, bar, task)
     return out
 
 
 LATENTS = "latents.safetensors"
 TRAIN_ROWS = "train_rows"  # in LATENTS when the train latents are of a subset of the requests
+
+
+def per_rank_data(ctx: Context) -> bool:
+    """Whether the ranks hold different requests (the data sharded over several processes): a
+    file of rank 0's per-request results (latents) would then be wrong for the others."""
+    return ctx.dist.data_sharded and ctx.dist.enabled
 
 
 def save_latents(stage_dir: Path, latents: dict[str, torch.Tensor], train_rows: np.ndarray | None = None) -> None:
@@ -133,7 +141,7 @@ def load_latents(
     """A ranker stage's saved train/valid latents (of the training requests at ``train_rows``
     when given), or, where the file lacks them, recomputed with its reasoner."""
     path = stage_dir / LATENTS
-    if path.is_file():
+    if path.is_file() and not per_rank_data(ctx):
         from rgalign.models.checkpoint import load_weights
 
         out = load_weights(path)
@@ -221,18 +229,27 @@ def init_intent_prior(ctx: Context, model: torch.nn.Module, text_emb: np.ndarray
     data says the text predicts it (`rgalign.training.intent_prior`). Returns what was chosen."""
     from rgalign.training.evaluate import popularity_scores
     from rgalign.training.intent_prior import text_smoothed_like_rate
+    from rgalign.training.shard_data import counts_sum
 
     tr = ctx.splits["train"]
     n = ctx.encoders.num_intents
-    shows = np.bincount(tr.shown[tr.mask], minlength=n)
+    # sharded data: the whole log's counts (all-reduced), so every rank starts the same ranker
+    shows = counts_sum(np.bincount(tr.shown[tr.mask], minlength=n).astype(np.int64), ctx.dist)
     info: dict[str, Any] = {"text": None}
     if text_emb is None:
-        rates = popularity_scores(tr, n)
+        rates = popularity_scores(tr, n, ctx.dist)
+    elif ctx.dist.data_sharded and ctx.dist.enabled:
+        raise ConfigError("intent_prior: text is fitted on every training impression in one process; with the "
+                          "log read by shard use intent_prior: popularity (or --shard-data off)")
     else:
         rates, fit = text_smoothed_like_rate(tr.shown[tr.mask], tr.labels[tr.mask], n, text_emb, seed=ctx.config.seed)
         info.update(fit)
+    rate = float(tr.labels[tr.mask].mean())
+    if ctx.dist.data_sharded and ctx.dist.enabled:
+        clicks, impressions = counts_sum(np.array([tr.labels[tr.mask].sum(), tr.mask.sum()], np.float64), ctx.dist)
+        rate = float(clicks / impressions)
     model.intent_ids.set_known(torch.from_numpy((shows > 0).astype(np.float32)))
-    model.intent_ids.init_bias(torch.from_numpy(rates), float(tr.labels[tr.mask].mean()))
+    model.intent_ids.init_bias(torch.from_numpy(rates), rate)
     model.intent_ids.freeze_bias()
     with torch.no_grad():
         model.gate.zero_()  # starts as item popularity exactly (see the models' `gate`)
@@ -252,6 +269,14 @@ def intent_text_embeddings(ctx: Context, reasoner: Reasoner) -> tuple[np.ndarray
         return encoder.encode(texts), NAME
     ctx.log(f"intent prior: no sentence encoder ({why}); the reasoner's text embeddings instead")
     return reasoner.encode_texts(texts).numpy(), f"reasoner ({why})"
+
+
+def valid_metrics(ctx: Context, model: torch.nn.Module, query: torch.Tensor | None = None) -> dict[str, float]:
+    """The valid split's metrics of a stage's ranker, for its stage.json: on rank 0, or, with the
+    data sharded, on every rank together (merged: `evaluate.metrics_from_scores`)."""
+    if ctx.dist.data_sharded:
+        return ranker_metrics(model, ctx.splits["valid"], query, k=ctx.config.eval_k, dist=ctx.dist)
+    return ranker_metrics(model, ctx.splits["valid"], query, k=ctx.config.eval_k) if ctx.dist.is_main else {}
 
 
 def ranker_fit_info(res: Any) -> dict[str, Any]:

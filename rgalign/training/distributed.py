@@ -8,6 +8,7 @@ spread over the processes (DDP or FSDP2) is `rgalign.training.parallel`.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -31,6 +32,9 @@ class DistInfo:
     strategy: str = "auto"
     # steps between resumable training states of a sharded stage (0: none); see global_sft
     checkpoint_every: int = 0
+    # each rank holds only its shard of the log (`rgalign.training.shard_data`): the loops take
+    # every local row (no index sharding) and all-reduce their step counts, metrics merge
+    data_sharded: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -73,8 +77,9 @@ def barrier(info: DistInfo) -> None:
 
 def shard(indices: np.ndarray, info: DistInfo) -> np.ndarray:
     """This rank's share of ``indices``, padded by wrap-around so every rank runs the same number
-    of steps (DDP all-reduces once per step: unequal step counts would hang)."""
-    if not info.enabled:
+    of steps (DDP all-reduces once per step: unequal step counts would hang). With the data
+    sharded (``info.data_sharded``) the indices are this rank's own rows already: all of them."""
+    if not info.enabled or info.data_sharded:
         return indices
     per_rank = -(-len(indices) // info.world_size)
     padded = np.resize(indices, per_rank * info.world_size)
@@ -90,6 +95,56 @@ def all_gather_rows(local: torch.Tensor, total: int, info: DistInfo) -> torch.Te
     dist.all_gather(parts, local.contiguous())
     stacked = torch.stack(parts, dim=1)  # (n_local, world, ...): row j of rank r is index j*world + r
     return stacked.reshape(-1, *local.shape[1:])[:total]
+
+
+def steps_per_epoch(n_items: int, batch_size: int, info: DistInfo) -> int:
+    """Optimizer steps in one pass over ``n_items`` in batches of ``batch_size`` per rank, the same
+    on every rank: of ``ceil(n / world)`` items when the indices are sharded (`shard`), of the
+    largest rank's own items when the data is (a smaller rank repeats batches: `loops.epoch_batches`)."""
+    if info.data_sharded:
+        return all_reduce_max(math.ceil(n_items / batch_size), info)
+    return math.ceil(math.ceil(n_items / info.world_size) / batch_size)
+
+
+def batch_weight(n_local: int, info: DistInfo) -> float:
+    """What a rank's mean loss over its ``n_local`` rows is multiplied by so that DDP's average of
+    the ranks' gradients is the mean over every rank's rows of the step: ``world * n_local /
+    n_all``. With the data sharded, shards differ in size (a ts-ordered log's last shard holds the
+    valid and test requests): a rank past its own batches steps at weight 0 instead of repeating
+    some, so an epoch counts each request once, as in one process. 1 otherwise (one all-reduce a
+    step only with the data sharded)."""
+    if not (info.data_sharded and info.enabled):
+        return 1.0
+    total = all_reduce_sum(float(n_local), info)
+    return info.world_size * n_local / total if total else 0.0
+
+
+def all_reduce_max(value: int, info: DistInfo) -> int:
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def all_gather_object(obj, info: DistInfo) -> list:
+    """``obj`` of every rank, in rank order (``[obj]`` in one process): picklable values only,
+    exchanged in memory, never written to disk."""
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_array(values: np.ndarray, info: DistInfo) -> np.ndarray:
+    """Element-wise sum over the ranks of a numeric array (float64 / int64 kept exact)."""
+    if not info.enabled:
+        return values
+    t = torch.from_numpy(np.ascontiguousarray(values))
+    t = t.clone()
+    dist.all_reduce(t)
+    return t.numpy()
 
 
 def all_reduce_mean(value: float, info: DistInfo) -> float:
@@ -112,5 +167,6 @@ def all_reduce_sum(value: float, info: DistInfo) -> float:
 def rank_slice(batch: np.ndarray, info: DistInfo) -> np.ndarray:
     """This rank's rows of one *global* batch (rows ``rank, rank + world, ...``): what makes a
     step's update the same whatever the number of processes. May be empty (a last batch smaller
-    than the world); the caller then runs a zero-weight row so every rank joins the collectives."""
-    return batch[info.rank :: info.world_size] if info.enabled else batch
+    than the world); the caller then runs a zero-weight row so every rank joins the collectives.
+    With the data sharded, the batch is drawn from this rank's own rows: all of it."""
+    return batch[info.rank :: info.world_size] if info.enabled and not info.data_sharded else batch

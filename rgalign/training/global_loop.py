@@ -12,6 +12,15 @@ gradients over ranks), so the gradient is that of the global mean; the logged fl
 means too. A rank whose slice of a short last batch is empty runs one item at weight 0, so every
 rank joins the collectives.
 
+With the log read by shard (``dist.data_sharded``, `rgalign.training.shard_data`) the items are
+each rank's own, not indices into one shared list: a step's "slice" of the global batch is then
+the rank's next local batch (``ceil(batch_size / world)`` rows of its own permutation, drawn per
+rank and epoch), every rank takes the largest rank's number of steps (all-reduced), and a rank past
+its own batches steps on its item 0 at weight 0 (a stage whose rank may hold no item passes a
+stand-in item 0). The loss weights are the same as above (the rank's units over the all-reduced
+units of the step), so an update is the mean over the step's rows on every rank. Which of the two
+the loop runs is `data_source`'s choice, in this one place; one process runs the first either way.
+
 The epoch's order and its batches come from one seeded generator, identical on every rank
 (`loops.epoch_batches`, of similar lengths when ``lengths`` is given); the rate is a function of
 the global step (``schedule``), so a resumed run continues where it stopped. On one process the
@@ -41,7 +50,7 @@ from torch import nn
 
 from rgalign.errors import TrainError
 from rgalign.training import train_state
-from rgalign.training.distributed import DistInfo, all_reduce_sum, rank_slice
+from rgalign.training.distributed import DistInfo, all_reduce_max, all_reduce_sum, rank_slice
 from rgalign.training.loops import LossLog, epoch_batches, progress
 from rgalign.training.parallel import wrap_for_training
 from rgalign.training.schedule import one_cycle
@@ -56,6 +65,69 @@ def one_cycle_schedule(lr: float, pct_start: float) -> Schedule:
     """`schedule.OneCycle` (rate and AdamW's beta1) as a function of the step: what stages 4 and 5
     always used, now resumable at any step."""
     return lambda opt, total: one_cycle(opt, max_lr=lr, total_steps=total, pct_start=pct_start).seek
+
+
+@dataclass(frozen=True)
+class GlobalRows:
+    """Items shared by every rank: one global batch per step, each rank computes its
+    `distributed.rank_slice` of it (empty: item 0 at weight 0)."""
+
+    n_items: int
+    batch_size: int
+    dist: DistInfo
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, math.ceil(self.n_items / self.batch_size))
+
+    def draw(self, rng: np.random.Generator, epoch: int, lengths: np.ndarray | None) -> list[np.ndarray]:
+        return epoch_batches(rng.permutation(self.n_items), self.batch_size, self.steps_per_epoch, rng, lengths)
+
+    def local(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """(the batch ``step_fn`` sees, this rank's positions in it, its weight)."""
+        local = rank_slice(np.arange(len(batch)), self.dist)
+        return (batch, local, 1.0) if len(local) else (batch, np.zeros(1, dtype=np.int64), 0.0)
+
+    def rows(self, batch: np.ndarray) -> int:
+        return len(batch)  # the global batch: the same on every rank
+
+
+@dataclass(frozen=True)
+class LocalRows:
+    """Each rank's own items (the data sharded): a step's slice is the rank's next batch of
+    ``ceil(batch_size / world)`` of them, drawn from a generator of (seed, rank, epoch), so a state
+    resumes on the same shards (the same world size); every rank takes the largest rank's steps."""
+
+    n_items: int
+    batch_size: int
+    dist: DistInfo
+    seed: int
+    steps_per_epoch: int
+
+    @classmethod
+    def make(cls, n_items: int, batch_size: int, dist: DistInfo, seed: int) -> LocalRows:
+        local = math.ceil(batch_size / dist.world_size)
+        return cls(n_items, local, dist, seed, max(1, all_reduce_max(math.ceil(n_items / local), dist)))
+
+    def draw(self, rng: np.random.Generator, epoch: int, lengths: np.ndarray | None) -> list[np.ndarray]:
+        own = np.random.default_rng([self.seed, self.dist.rank, epoch])
+        return epoch_batches(own.permutation(self.n_items), self.batch_size, self.steps_per_epoch, own, lengths,
+                             pad_empty=True)
+
+    def local(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        if len(batch) == 0:  # past this rank's items: its item 0 (a stand-in where it has none)
+            return np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), 0.0
+        return batch, np.arange(len(batch)), 1.0
+
+    def rows(self, batch: np.ndarray) -> int:
+        return int(all_reduce_sum(float(len(batch)), self.dist))
+
+
+def data_source(n_items: int, batch_size: int, dist: DistInfo, seed: int) -> GlobalRows | LocalRows:
+    """Global indices sliced by rank, or (the data sharded over 2+ processes) each rank's own."""
+    if dist.data_sharded and dist.enabled:
+        return LocalRows.make(n_items, batch_size, dist, seed)
+    return GlobalRows(n_items, batch_size, dist)
 
 
 @dataclass(frozen=True)
@@ -110,10 +182,13 @@ def train_global(
     # projection, InfoNCE the LM head): DDP must be told, FSDP2 needs no flag
     wrap = wrap_for_training(module, dist, find_unused=True, release_original=True)
     opt = torch.optim.AdamW(list(wrap.parameters()), lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = max(1, math.ceil(n_items / batch_size))
+    source = data_source(n_items, batch_size, dist, seed)
+    steps_per_epoch = source.steps_per_epoch
     total = max(1, epochs * steps_per_epoch)
     set_rate = schedule(opt, total)
     config = {**config, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "examples": n_items}
+    if isinstance(source, LocalRows):  # a rank's own items: its state resumes on the same shards only
+        config["data_shards"] = dist.world_size
     rng = np.random.default_rng(seed)
     log = LossLog()
     step = items = 0
@@ -144,13 +219,13 @@ def train_global(
             epoch, first = divmod(step, steps_per_epoch)
             while rng_epoch <= epoch:  # a state saved at an epoch's end replays that epoch's draws
                 epoch_rng = rng.bit_generator.state  # a resume redraws this epoch's order from here
-                batches = epoch_batches(rng.permutation(n_items), batch_size, steps_per_epoch, rng, lengths)
+                batches = source.draw(rng, rng_epoch, lengths)
                 rng_epoch += 1
             for batch in batches[first:]:
                 set_rate(step)
-                stats, n_global = _step(wrap, opt, step_fn, batch, dist, autocast)
+                stats, n_global = _step(wrap, opt, step_fn, source.local(batch), dist, autocast)
                 step += 1
-                items += len(batch)
+                items += source.rows(batch)
                 units += n_global
                 log.add(epoch=epoch, step=step - 1, **stats)
                 speed = items / max(time.perf_counter() - t0, 1e-9)
@@ -167,11 +242,11 @@ def train_global(
     return LoopResult(log, max(time.perf_counter() - t0, 1e-9), items, units)
 
 
-def _step(wrap, opt, step_fn: StepFn, batch: np.ndarray, dist: DistInfo, autocast) -> tuple[dict[str, float], float]:
-    """One optimizer step on the global ``batch``: (its global means to log, its global units)."""
-    local, weight = rank_slice(np.arange(len(batch)), dist), 1.0
-    if len(local) == 0:
-        local, weight = np.zeros(1, dtype=np.int64), 0.0
+def _step(wrap, opt, step_fn: StepFn, part: tuple[np.ndarray, np.ndarray, float], dist: DistInfo,
+          autocast) -> tuple[dict[str, float], float]:
+    """One optimizer step on this rank's ``part`` of a global batch (batch, positions, weight):
+    (the step's global means to log, its global units)."""
+    batch, local, weight = part
     with autocast():
         mean, count, stats = step_fn(wrap.module, batch, local)
     n_local = float(count) * weight

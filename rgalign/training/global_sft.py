@@ -8,6 +8,9 @@ global batch, and the loss is the token-mean cross-entropy over the *global* bat
 token mean weighted by its share of the global label tokens). The learning-rate schedule is a
 function of the global step (`lr_factor`), so a resumed run continues it where it stopped.
 
+With the data sharded (``dist.data_sharded``) each rank's examples are its own and the loop
+steps on its own batches (`global_loop.LocalRows`).
+
 What is left between world sizes is float summation order (FSDP's reduce-scatter, padded
 widths): losses agree to ~1e-6 relative (tests/unit/test_training_parallel.py).
 """
@@ -109,6 +112,10 @@ def train_sft_global(
     grad (LoRA adapters, or all).
     """
 
+    n_items = len(prompts)
+    if not prompts:  # the data sharded, a rank without examples: a blank stand-in it steps on at weight 0
+        prompts, targets = [""], [""]
+
     def step(module: nn.Module, batch: np.ndarray, local: np.ndarray) -> tuple[torch.Tensor, float, dict[str, float]]:
         rows, dev = batch[local], next(module.parameters()).device
         enc = encode_pairs(tokenizer, [prompts[i] for i in rows], [targets[i] for i in rows], max_len)
@@ -117,7 +124,7 @@ def train_sft_global(
         return mean, n_tokens, {"lm_loss": float(torch.nan_to_num(mean.detach().float()))}
 
     res = train_global(
-        LMLoss(reasoner), len(prompts), step, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=0.01,
+        LMLoss(reasoner), n_items, step, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=0.01,
         seed=seed, dist=dist, schedule=functools.partial(_rate, lr), config={"max_len": max_len},
         lengths=pair_lengths(tokenizer, prompts, targets), description=description, quiet=quiet,
         checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, stop_after=stop_after, autocast=autocast,

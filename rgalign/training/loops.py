@@ -18,9 +18,10 @@ from torch import nn
 
 from rgalign import metrics
 from rgalign.data.requests import RequestArrays
+from rgalign.metrics.merge import group_codes
 from rgalign.models.losses import ranker_loss
 from rgalign.models.tokenizer import encode_pairs
-from rgalign.training.distributed import DistInfo, all_reduce_mean, shard
+from rgalign.training.distributed import DistInfo, all_gather_object, batch_weight, shard, steps_per_epoch as epoch_steps
 from rgalign.training.schedule import linear_warmup, one_cycle
 
 
@@ -41,7 +42,8 @@ LENGTH_GROUP = 16  # batches' worth of examples sorted by length together (see `
 
 
 def epoch_batches(
-    order: np.ndarray, batch_size: int, steps: int, rng: np.random.Generator, lengths: np.ndarray | None = None
+    order: np.ndarray, batch_size: int, steps: int, rng: np.random.Generator, lengths: np.ndarray | None = None,
+    pad_empty: bool = False,
 ) -> list[np.ndarray]:
     """One epoch's ``steps`` batches of this rank's shuffled ``order``.
 
@@ -51,14 +53,15 @@ def epoch_batches(
     tokens to ~62, 1.6x faster a step) while what an epoch sees, and in which order of batches,
     stays random. Ranks whose shard is one batch short repeat their first batch, so every rank
     takes ``steps`` steps; the shuffle draws ``steps`` numbers on every rank, so the shared ``rng``
-    stays in step across ranks.
+    stays in step across ranks. ``pad_empty`` (the data sharded: a rank may be many batches short)
+    pads with empty batches instead, which the loops run at weight 0 (`distributed.batch_weight`).
     """
     if lengths is not None:
         chunk = batch_size * LENGTH_GROUP
         parts = [order[i : i + chunk] for i in range(0, len(order), chunk)]
         order = np.concatenate([p[np.argsort(lengths[p], kind="stable")] for p in parts]) if parts else order
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    batches += [order[:batch_size]] * (steps - len(batches))
+    batches += [order[:0] if pad_empty else order[:batch_size]] * (steps - len(batches))
     batches = batches[:steps]
     if lengths is not None:
         batches = [batches[i] for i in rng.permutation(steps)]
@@ -204,7 +207,7 @@ def _train_ranker(model, forward, train, valid, *, stop, batch_size, lr, weight_
     ddp_model = _wrap(model, dist)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     rng = np.random.default_rng(seed)
-    steps_per_epoch = math.ceil(math.ceil(len(train) / dist.world_size) / batch_size)
+    steps_per_epoch = epoch_steps(len(train), batch_size, dist)
     check_every = stop.check_steps(steps_per_epoch)
     max_steps = stop.max_steps(steps_per_epoch)
     warmup = int(stop.warmup_fraction * check_every)
@@ -216,7 +219,7 @@ def _train_ranker(model, forward, train, valid, *, stop, batch_size, lr, weight_
 
     def valid_gauc() -> float:
         logits = slate_logits(model, forward, valid, valid_query)
-        return all_reduce_mean(_slate_gauc(valid, logits, metrics), dist)
+        return _slate_gauc(valid, logits, dist)  # the same value on every rank: one stop decision
 
     log = LossLog()
     best = (0, valid_gauc(), copy.deepcopy(model.state_dict()))
@@ -231,9 +234,11 @@ def _train_ranker(model, forward, train, valid, *, stop, batch_size, lr, weight_
             order = shard(rng.permutation(len(train)), dist)
             for i in range(steps_per_epoch):
                 idx = order[i * batch_size : (i + 1) * batch_size]
-                if len(idx) == 0:
+                if len(idx) == 0 and not dist.data_sharded:
                     idx = order[:batch_size]  # keeps step counts equal across ranks
-                b = slate_batch(train, idx, train_query)
+                # the data sharded: a rank past its own batches steps on a stand-in at weight 0
+                weight = batch_weight(len(idx), dist)
+                b = slate_batch(train, idx, train_query) if len(idx) else _stand_in(valid, train, valid_query, train_query)
                 set_lr(step)
                 logits = forward(ddp_model, b)
                 prev = None
@@ -241,12 +246,14 @@ def _train_ranker(model, forward, train, valid, *, stop, batch_size, lr, weight_
                     with torch.no_grad():
                         prev = forward(previous, b)
                 loss, parts = ranker_loss(logits, b["labels"], b["mask"], prev, alpha_bce=alpha_bce, beta_kl=beta_kl)
+                if weight != 1.0:
+                    loss = torch.nan_to_num(loss) * weight
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
                 opt.step()
                 step += 1
-                n_impressions += int(b["mask"].sum())
+                n_impressions += int(b["mask"].sum()) if len(idx) else 0
                 log.add(epoch=epoch, step=len(log.rows), **parts)
                 speed = n_impressions * dist.world_size / max(time.perf_counter() - t0, 1e-9)
                 bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {parts['total']:.4f} {speed:,.0f} imp/s")
@@ -280,11 +287,28 @@ def _train_ranker(model, forward, train, valid, *, stop, batch_size, lr, weight_
                         checks=checks, stopped_early=stopped, steps=step)
 
 
-def _slate_gauc(arrays: RequestArrays, logits: np.ndarray, metrics) -> float:
+def _slate_gauc(arrays: RequestArrays, logits: np.ndarray, dist: DistInfo) -> float:
+    """GAUC of the shown impressions; of every rank's (gathered) when the data is sharded."""
     m = arrays.mask
     groups = np.broadcast_to(arrays.groups[:, None], m.shape)[m]
-    value = metrics.gauc(arrays.labels[m], logits[m], groups)
+    labels, scores = arrays.labels[m], logits[m]
+    if dist.data_sharded:
+        parts = all_gather_object((labels, scores, group_codes(groups)), dist)
+        labels, scores, groups = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    value = metrics.gauc(labels, scores, groups) if len(labels) else math.nan
     return -math.inf if math.isnan(value) else value
+
+
+def _stand_in(valid: RequestArrays, train: RequestArrays, valid_query, train_query) -> dict[str, torch.Tensor]:
+    """One request's tensors for a rank without training requests to step on at weight 0: a valid
+    request where the rank has one, else a blank one (codes 0, nothing shown, masked)."""
+    if len(valid):
+        return slate_batch(valid, np.zeros(1, np.int64), valid_query)
+    b = {"cat": torch.zeros(1, train.cat.shape[1], dtype=torch.int64), "num": torch.zeros(1, train.num.shape[1]),
+         "shown": torch.zeros(1, 1, dtype=torch.int64), "labels": torch.zeros(1, 1), "mask": torch.ones(1, 1, dtype=torch.bool)}
+    if train_query is not None:
+        b["query"] = torch.zeros(1, train_query.shape[1])
+    return b
 
 
 @dataclass(frozen=True)
@@ -319,8 +343,8 @@ def train_sft(
     params = [p for p in reasoner.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     rng = np.random.default_rng(seed)
-    lengths = pair_lengths(tokenizer, prompts, targets)
-    steps_per_epoch = math.ceil(math.ceil(len(prompts) / dist.world_size) / batch_size)
+    lengths = pair_lengths(tokenizer, prompts, targets) if prompts else None
+    steps_per_epoch = epoch_steps(len(prompts), batch_size, dist)
     total = max(1, epochs * steps_per_epoch)
     sched = one_cycle(opt, max_lr=lr, total_steps=total, pct_start=0.05)
     log = LossLog()
@@ -331,10 +355,14 @@ def train_sft(
         task = bar.add_task(description, total=total, info="")
         for epoch in range(epochs):
             order = shard(rng.permutation(len(prompts)), dist)
-            for idx in epoch_batches(order, batch_size, steps_per_epoch, rng, lengths):
-                enc = encode_pairs(tokenizer, [prompts[i] for i in idx], [targets[i] for i in idx], max_len)
+            for idx in epoch_batches(order, batch_size, steps_per_epoch, rng, lengths, pad_empty=dist.data_sharded):
+                # a rank past its examples (the data sharded) steps on a blank pair at weight 0
+                enc = encode_pairs(tokenizer, [prompts[i] for i in idx] or [""], [targets[i] for i in idx] or [""], max_len)
+                weight = batch_weight(len(idx), dist)
                 with autocast():
                     loss = lm(enc["input_ids"], enc["attention_mask"], enc["labels"])
+                if weight != 1.0:
+                    loss = torch.nan_to_num(loss) * weight
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)

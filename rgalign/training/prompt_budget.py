@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -50,41 +51,60 @@ class PromptBudget:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
+Gather = Callable[[Any], list[Any]]  # all-gather of a picklable value over the ranks, in rank order
+
+
+def _one(value: Any) -> list[Any]:
+    return [value]
+
+
 def _lengths(tokenizer: Any, prompts: list[str]) -> np.ndarray:
     # full lengths on purpose (the budget is cut from them): verbose=False keeps transformers from
     # warning that a prompt is longer than model_max_length, which here is no indexing error
+    if not prompts:
+        return np.zeros(0, np.int64)
     return np.array([len(ids) for ids in tokenizer(prompts, verbose=False)["input_ids"]], dtype=np.int64)
 
 
-def derive_budget(tokenizer: Any, raw: list[dict[str, Any]], fields: PromptFields, cap: int) -> tuple[int, dict[str, int]]:
-    """(token budget, {text field: max characters}) from the training requests' raw features."""
+def derive_budget(tokenizer: Any, raw: list[dict[str, Any]], fields: PromptFields, cap: int,
+                  gather: Gather = _one) -> tuple[int, dict[str, int], np.ndarray]:
+    """(token budget, {text field: max characters}, every training prompt's uncut length) from the
+    training requests' raw features. ``gather`` (sharded data: each rank holds some of ``raw``)
+    merges the ranks' lengths, longest texts and verdicts, so every rank derives what one process
+    derives from all of them."""
     base = PromptFields.from_dict({**fields.to_dict(), "text_max_chars": {}})
-    lengths = _lengths(tokenizer, [build_prompt(r, base) for r in raw])
+    local = _lengths(tokenizer, [build_prompt(r, base) for r in raw])
+    lengths = np.concatenate(gather(local))
     budget = int(min(cap, 8 * math.ceil(HEADROOM * np.percentile(lengths, PERCENTILE) / 8)))
     if lengths.max() <= budget:
-        return budget, {}
+        return budget, {}, lengths
     texts = base.user_text + base.context_text
-    longest = {n: max(len(str(r.get(n) or "")) for r in raw) for n in texts}
+    longest = {n: max(len(str(r.get(n) or "")) for r in raw) if raw else 0 for n in texts}
+    longest = {n: max(part[n] for part in gather(longest)) for n in texts}
     caps = {n: max(1, v) for n, v in longest.items() if v > 0}
-    over = np.flatnonzero(lengths > budget)  # only these can still be too long after a cut
+    over = np.flatnonzero(local > budget)  # only these can still be too long after a cut
     for _ in range(MAX_TRIES):
         caps = {n: max(8, int(v * STEP)) for n, v in caps.items()}
         trial = base.with_text_budget(caps)
-        if _lengths(tokenizer, [build_prompt(raw[i], trial) for i in over]).max() <= budget:
-            return budget, caps
-    return budget, caps  # the floor of 8 characters a field: structured fields alone overflow
+        fits = len(over) == 0 or _lengths(tokenizer, [build_prompt(raw[i], trial) for i in over]).max() <= budget
+        if all(gather(bool(fits))):
+            return budget, caps, lengths
+    return budget, caps, lengths  # the floor of 8 characters a field: structured fields alone overflow
 
 
 def make_budget(tokenizer: Any, raw_by_split: dict[str, list[dict[str, Any]]], fields: PromptFields,
-                cap: int) -> tuple[PromptBudget, PromptFields]:
-    """The run's budget (fitted on ``raw_by_split["train"]``) and the prompt fields carrying it."""
-    budget, caps = derive_budget(tokenizer, raw_by_split["train"], fields, cap)
+                cap: int, gather: Gather = _one) -> tuple[PromptBudget, PromptFields]:
+    """The run's budget (fitted on ``raw_by_split["train"]``) and the prompt fields carrying it;
+    with ``gather``, over every rank's requests (see `derive_budget`)."""
+    budget, caps, raw_len = derive_budget(tokenizer, raw_by_split["train"], fields, cap, gather)
     capped = fields.with_text_budget(caps)
     base = PromptFields.from_dict({**fields.to_dict(), "text_max_chars": {}})
-    raw_len = _lengths(tokenizer, [build_prompt(r, base) for r in raw_by_split["train"]])
     cut, n = {}, {}
     for split, raw in raw_by_split.items():
         n[split] = len(raw)
         cut[split] = sum(build_prompt(r, capped) != build_prompt(r, base) for r in raw) if caps else 0
+    totals = gather((cut, n))
+    cut = {s: sum(part[0][s] for part in totals) for s in cut}
+    n = {s: sum(part[1][s] for part in totals) for s in n}
     pct = {f"p{int(q)}": float(np.percentile(raw_len, q)) for q in (50, 95, 99)} | {"max": float(raw_len.max())}
     return PromptBudget(budget, caps, pct, cut, n), capped

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +35,18 @@ from rgalign.progress import first_line
 from rgalign.training import finetune, loops
 from rgalign.training.alignment import RGA_STAGES
 from rgalign.training.config import TrainConfig
-from rgalign.training.distributed import DistInfo, barrier, init_distributed
+from rgalign.training.distributed import DistInfo, all_gather_object, all_reduce_sum, barrier, init_distributed
 from rgalign.training.global_sft import drop_stage_state, sft_for_stage
 from rgalign.training.parallel import dist_record
 from rgalign.training.evaluate import (
     baseline_forward, cohort_masks, popularity_metrics, qe_forward, ranker_metrics,
 )
+from rgalign.training.shard_data import (
+    data_fingerprint, load_sharded, share, shard_record, shard_splits, use_sharded_data,
+)
 from rgalign.training.context import (
     Context, Log, compute_latents, init_intent_prior, intent_text_embeddings, ranker_fit_info, prefetch_test_latents, qe_config, ranker_kwargs, reasoner_config, require_reasoner,
-    save_latents, test_latents,
+    per_rank_data, save_latents, test_latents, valid_metrics,
 )
 from rgalign.training.prompt_budget import PromptBudget, make_budget
 from rgalign.artifacts.run import STAGE_NAMES, RunDir, fingerprint_files
@@ -82,7 +86,7 @@ def stage_baseline(ctx: Context) -> None:
         patience=c.patience, min_check_steps=c.min_check_steps, batch_size=c.batch_size, lr=c.lr, weight_decay=c.weight_decay, alpha_bce=c.alpha_bce,
         seed=ctx.config.seed, dist=ctx.dist, description="0 baseline", quiet=ctx.quiet,
     )
-    valid = ranker_metrics(model, ctx.splits["valid"], k=ctx.config.eval_k) if ctx.dist.is_main else {}
+    valid = valid_metrics(ctx, model)
 
     def save(d: Path) -> None:
         model.save(d / "ranker")
@@ -103,8 +107,9 @@ def warmup_examples(ctx: Context) -> tuple[list[str], list[str]]:
     clicked = tr.mask & (tr.labels > 0)
     rows = np.flatnonzero(clicked.any(axis=1))
     rng = np.random.default_rng(ctx.config.seed + 1)
-    if len(rows) > ctx.config.warmup.max_examples:
-        rows = np.sort(rng.choice(rows, ctx.config.warmup.max_examples, replace=False))
+    limit = share(ctx.config.warmup.max_examples, len(rows), ctx.dist)  # sharded: this rank's part
+    if len(rows) > limit:
+        rows = np.sort(rng.choice(rows, limit, replace=False))
     prompts = ctx.prompts("train")
     texts = ctx.encoders.intent_texts
     targets = [build_target([texts[i] for i in tr.shown[r][clicked[r]]]) for r in rows]
@@ -115,7 +120,7 @@ def stage_warmup(ctx: Context) -> None:
     c = ctx.config.warmup
     reasoner = Reasoner(reasoner_config(ctx), ctx.tokenizer)
     prompts, targets = warmup_examples(ctx)
-    if not prompts:
+    if not all_reduce_sum(float(len(prompts)), ctx.dist):  # sharded: a rank may have none, not all
         raise TrainError("stage 1: no training request has a click; the warm-up SFT needs clicked intents")
     state_dir = ctx.run.root / "train_state" / "1-warmup"  # under torchrun with --checkpoint-every
     tuning = finetune.start(reasoner, ctx.config)  # LoRA / checkpointing / bf16 as the config says
@@ -164,11 +169,12 @@ def stage_reward(ctx: Context) -> None:
             lr=c.lr, weight_decay=c.weight_decay, alpha_bce=c.alpha_bce, seed=ctx.config.seed, dist=ctx.dist,
             train_query=q["train"], valid_query=q["valid"], description="2 QE reward ranker", quiet=ctx.quiet,
         )
-    valid = ranker_metrics(model, ctx.splits["valid"], q["valid"], k=ctx.config.eval_k) if ctx.dist.is_main else {}
+    valid = valid_metrics(ctx, model, q["valid"])
 
     def save(d: Path) -> None:
         model.save(d / "ranker")
-        save_latents(d, q)
+        if not per_rank_data(ctx):  # sharded over ranks: rank 0's latents only, of no use to a resume
+            save_latents(d, q)
         write_text_atomic(d / "losses.csv", res.log.to_csv())
 
     ctx.finish(2, save, {
@@ -193,10 +199,16 @@ def _data_fingerprint(dataset: Dataset) -> str:
 
 
 def prepare(data: str | Path, out: str | Path, config: TrainConfig, dist: DistInfo, log: Log, quiet: bool) -> Context:
-    """Load and validate the data (before any training), and create or re-open the run folder."""
-    dataset = load_dataset(data)
+    """Load and validate the data (before any training), and create or re-open the run folder.
+    With ``dist.data_sharded``, this rank's shard of it (`rgalign.training.shard_data`)."""
+    fitted = None
+    if dist.data_sharded:
+        dataset, fitted = load_sharded(data, dist)
+        fp = data_fingerprint(data)
+    else:
+        dataset = load_dataset(data)
+        fp = _data_fingerprint(dataset)
     run = RunDir(Path(out))
-    fp = _data_fingerprint(dataset)
     if run.run_json.exists():
         prev = read_json(run.run_json)
         if prev["data"]["sha256"] != fp:
@@ -217,10 +229,13 @@ def prepare(data: str | Path, out: str | Path, config: TrainConfig, dist: DistIn
     if run.encoders_json.exists():
         encoders = FeatureEncoders.from_json(run.encoders_json)
     else:
-        encoders = FeatureEncoders.fit(dataset)
+        encoders = fitted or FeatureEncoders.fit(dataset)
         if dist.is_main:
             encoders.to_json(run.encoders_json)
-    splits = {s: build_requests(dataset, encoders, s) for s in ("train", "valid", "test")}
+    if dist.data_sharded:
+        splits = shard_splits(dataset, encoders, dist)
+    else:
+        splits = {s: build_requests(dataset, encoders, s) for s in ("train", "valid", "test")}
     ctx = Context(run, config, dataset, encoders, fields, None, splits, dist, log, quiet)
     ctx.tokenizer = _tokenizer(ctx)
     _prompt_budget(ctx)
@@ -239,7 +254,8 @@ def _prompt_budget(ctx: Context) -> None:
         fields = PromptFields.from_dict(read_json(fields_path))
     else:
         raw = {s: ctx.splits[s].raw for s in ("train", "valid", "test")}
-        budget, fields = make_budget(ctx.tokenizer, raw, ctx.fields, ctx.config.reasoner.max_len)
+        gather = (lambda obj: all_gather_object(obj, ctx.dist)) if ctx.dist.data_sharded else (lambda obj: [obj])
+        budget, fields = make_budget(ctx.tokenizer, raw, ctx.fields, ctx.config.reasoner.max_len, gather)
         if ctx.dist.is_main:
             write_json_atomic(fields_path, fields.to_dict())
             write_json_atomic(path, budget.to_dict())
@@ -258,9 +274,16 @@ def _prompt_budget(ctx: Context) -> None:
 
 def _tokenizer(ctx: Context):
     """The run's tokenizer: the backbone's own when one is given, else trained offline on training
-    prompts and the KB texts (deterministic, so every rank trains the same one)."""
+    prompts and the KB texts (deterministic, so every rank trains the same one). With the data
+    sharded, rank 0 trains it on its own training prompts and the others load it."""
     backbone = ctx.config.reasoner.backbone
-    if ctx.run.tokenizer_dir.is_dir():
+    sharded = ctx.dist.data_sharded and ctx.dist.enabled
+    # rank 0's view, for every rank: a rank that looked after rank 0 wrote it would skip the barrier
+    exists = all_gather_object(ctx.run.tokenizer_dir.is_dir(), ctx.dist)[0] if sharded else ctx.run.tokenizer_dir.is_dir()
+    if exists:
+        return load_tokenizer(ctx.run.tokenizer_dir)
+    if sharded and backbone is None and not ctx.dist.is_main:
+        barrier(ctx.dist)  # rank 0 trains and saves it
         return load_tokenizer(ctx.run.tokenizer_dir)
     if backbone is not None and Path(backbone).is_dir():
         tok = load_tokenizer(backbone, padding_side="left")
@@ -276,6 +299,8 @@ def _tokenizer(ctx: Context):
                               model_max_length=ctx.config.reasoner.max_len)
     if ctx.dist.is_main:
         tok.save_pretrained(str(ctx.run.tokenizer_dir))
+    if sharded and backbone is None:
+        barrier(ctx.dist)
     return tok
 
 
@@ -290,18 +315,22 @@ def train(
     quiet: bool = False,
     dist_strategy: str = "auto",
     checkpoint_every: int = 0,
+    shard_data: str = "auto",
 ) -> dict[str, Any]:
     """Run ``stages`` (default: all, 0-6) of SPEC §3 into ``out``; stages 3-6 run ``rounds`` times
     (the closed loop). Returns metrics.json. Under torchrun, ``dist_strategy`` (auto / ddp / fsdp)
     says how the reasoner's training (stages 1, 3, 4, 5: `rgalign.training.global_loop`) spreads
     over the processes (`rgalign.training.parallel`), and ``checkpoint_every`` > 0 makes those
     stages write a state they resume from after an interruption, on any number of processes
-    (`rgalign.training.train_state`)."""
+    (`rgalign.training.train_state`; with the data sharded, on the same number). ``shard_data``
+    (auto / on / off): each process reads only its shard of the log (`rgalign.training.shard_data`;
+    auto: from `rgalign.data.shards.STREAM_ROWS` impressions)."""
     config = config or TrainConfig()
     stages = stages if stages is not None else sorted(STAGE_NAMES)
     if rounds < 1:
         raise ConfigError(f"--rounds {rounds}: need at least 1 round of stages 3-6")
-    dist = init_distributed(dist_strategy, checkpoint_every)
+    sharded = use_sharded_data(shard_data, data)
+    dist = replace(init_distributed(dist_strategy, checkpoint_every), data_sharded=sharded)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     ctx = prepare(data, out, config, dist, log if dist.is_main else (lambda _m: None), quiet)
     plan = [(i, 0) for i in stages if i in STAGES] + [(i, r) for r in range(rounds) for i in stages if i in RGA_STAGES]
@@ -324,10 +353,10 @@ def train(
                 "same command to resume; --verbose shows the traceback)"
             ) from e
     result: dict[str, Any] = {}
-    if dist.is_main:
+    if dist.is_main or dist.data_sharded:  # sharded: every rank scores its test requests
         result = evaluate_run(ctx)
     barrier(dist)
-    return result
+    return result if dist.is_main else {}
 
 
 def _finished_stages(run: RunDir) -> list[tuple[int, int]]:
@@ -364,16 +393,18 @@ def evaluate_run(ctx: Context) -> dict[str, Any]:
     Every row carries GAUC per cohort (seen/cold intents and users, see `cohort_masks`)."""
     k = ctx.config.eval_k
     test = ctx.splits["test"]
-    cohorts = cohort_masks(test, ctx.splits["train"])
+    dist = ctx.dist if ctx.dist.data_sharded else DistInfo()  # sharded: collective, on every rank
+    cohorts = cohort_masks(test, ctx.splits["train"], dist)
 
     def qe_metrics(reasoner_dir: Path, ranker_dir: Path) -> dict[str, float]:
-        return ranker_metrics(QERanker.load(ranker_dir), test, test_latents(ctx, reasoner_dir), k=k, cohorts=cohorts)
+        return ranker_metrics(QERanker.load(ranker_dir), test, test_latents(ctx, reasoner_dir), k=k, cohorts=cohorts,
+                              dist=dist)
 
     per_stage: dict[str, dict[str, float]] = {}
     for index, round_ in _finished_stages(ctx.run):
         if index == 0:
             per_stage[stage_label(0, 0)] = ranker_metrics(AutoIntMoE.load(ctx.run.stage_dir(0) / "ranker"), test, k=k,
-                                                          cohorts=cohorts)
+                                                          cohorts=cohorts, dist=dist)
         elif (pair := _stage_models(ctx.run, index, round_)) is not None:
             per_stage[stage_label(index, round_)] = qe_metrics(*pair)
     per_model: dict[str, dict[str, float]] = {}
@@ -394,13 +425,16 @@ def evaluate_run(ctx: Context) -> dict[str, Any]:
         out["relative_to_baseline"] = {m: relative_deltas(v, base) for m, v in per_model.items() if m != "baseline"}
         out["absolute_to_baseline"] = {m: abs_deltas(v, base) for m, v in per_model.items() if m != "baseline"}
     # the reference every recommender reports: rank by the intents' smoothed training like rate
-    out["popularity"] = popularity_metrics(ctx.splits["train"], test, ctx.encoders.num_intents, k=k, cohorts=cohorts)
+    out["popularity"] = popularity_metrics(ctx.splits["train"], test, ctx.encoders.num_intents, k=k, cohorts=cohorts,
+                                           dist=dist)
     out["per_stage"] = per_stage
+    out["data"] = shard_record(ctx.splits, dist)
     out["stages"] = {
         stage_label(i, r): {k2: v for k2, v in ctx.run.stage_info(i, r).items() if k2 not in ("stage", "name")}
         for i, r in _finished_stages(ctx.run)
     }
-    write_json_atomic(ctx.run.metrics_json, out)
+    if ctx.dist.is_main:
+        write_json_atomic(ctx.run.metrics_json, out)
     return out
 
 

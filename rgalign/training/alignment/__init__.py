@@ -24,7 +24,10 @@ after the stage; a change is a `TrainError`, and ``stage.json`` records the chec
 Under torchrun every rank builds the same pools (sampling is seeded per chunk, not per rank), and
 the policy of stages 3-5 trains on global batches, DDP or FSDP2 (`rgalign.training.global_loop`,
 as stage 1): the same losses on 1 or N processes, and with ``--checkpoint-every`` a state each
-stage resumes from (``RUN/train_state/<stage>/``, removed once the stage is saved).
+stage resumes from (``RUN/train_state/<stage>/``, removed once the stage is saved). With the log
+read by shard (``--shard-data``, `rgalign.training.shard_data`) each rank builds the pools of its
+own requests instead; ``candidates.jsonl`` holds every rank's, and stages 4-5 find theirs by
+request id; the loop then steps on each rank's own batches (`global_loop`).
 """
 
 from __future__ import annotations

@@ -16,10 +16,12 @@ from rgalign.models.qe_ranker import QERanker
 from rgalign.models.reasoner import Reasoner
 from rgalign.training import loops, rga
 from rgalign.training.context import (
-    Context, ranker_fit_info, compute_latents, load_latents, prefetch_test_latents, save_latents,
+    Context, ranker_fit_info, compute_latents, load_latents, per_rank_data, prefetch_test_latents, save_latents,
+    valid_metrics,
 )
 from rgalign.artifacts.run import latest_qe_ranker_dir
-from rgalign.training.evaluate import qe_forward, ranker_metrics
+from rgalign.training.evaluate import qe_forward
+from rgalign.training.shard_data import share
 from rgalign.training.alignment.common import previous_stage, stage_seed
 
 
@@ -27,6 +29,8 @@ def _calibration_rows(ctx: Context) -> np.ndarray | None:
     """The training requests stage 6 re-fits on (sorted positions), or None for all of them. Drawn
     with the run's seed alone, so every round (and its control) re-fits on the same requests."""
     n, k = len(ctx.splits["train"]), ctx.config.calibrate.max_requests
+    if k is not None:
+        k = share(k, n, ctx.dist)  # sharded: this rank's part
     if k is None or k >= n:
         return None
     return np.sort(np.random.default_rng([ctx.config.seed, 6]).choice(n, k, replace=False))
@@ -70,7 +74,7 @@ def stage_calibrate(ctx: Context, round_: int) -> None:
         kb = list(ctx.encoders.intent_texts)
         model, res = refit(q, reasoner.encode_texts(kb), f"6 calibrate (round {round_})",
                            reasoner.encode_prompts(kb, batch_size=ctx.config.infer_batch))
-        valid = ranker_metrics(model, ctx.splits["valid"], q["valid"], k=ctx.config.eval_k) if ctx.dist.is_main else {}
+        valid = valid_metrics(ctx, model, q["valid"])
         control = control_res = None
         control_valid: dict[str, float] = {}
         if c.control:
@@ -78,13 +82,13 @@ def stage_calibrate(ctx: Context, round_: int) -> None:
             q_prev = load_latents(ctx, prev_dir.parent, prev_reasoner_dir, rows)
             control, control_res = refit(q_prev, previous.intent_text_emb.clone(), f"6 control re-fit (round {round_})",
                                          previous.intent_latent.clone())
-            if ctx.dist.is_main:
-                control_valid = ranker_metrics(control, ctx.splits["valid"], q_prev["valid"], k=ctx.config.eval_k)
+            control_valid = valid_metrics(ctx, control, q_prev["valid"])
     checks = frozen.check("stage 6")
 
     def save(d: Path) -> None:
         model.save(d / "ranker")
-        save_latents(d, q, rows)
+        if not per_rank_data(ctx):  # sharded over ranks: rank 0's latents only, of no use to the others
+            save_latents(d, q, rows)
         write_text_atomic(d / "losses.csv", res.log.to_csv())
         if control is not None:
             control.save(d / "control_ranker")

@@ -19,6 +19,7 @@ from rgalign.training import loops
 from rgalign.training.context import Context
 from rgalign.artifacts.run import STAGE_NAMES
 from rgalign.training.global_loop import StepFn, one_cycle_schedule, state_for_stage, train_global
+from rgalign.training.shard_data import share
 
 CANDIDATES = "candidates.jsonl"
 
@@ -27,10 +28,13 @@ def stage_seed(ctx: Context, index: int, round_: int) -> int:
     return ctx.config.seed * 1000 + 100 * round_ + index
 
 
-def clicked_rows(ctx: Context, limit: int, seed: int) -> np.ndarray:
-    """Training requests with at least one click, a seeded subsample of ``limit`` (sorted)."""
+def clicked_rows(ctx: Context, limit: int, seed: int, shared: bool = True) -> np.ndarray:
+    """Training requests with at least one click, a seeded subsample of ``limit`` (sorted); with
+    the data sharded and ``shared``, this rank's part of ``limit`` (collective)."""
     tr = ctx.splits["train"]
     rows = np.flatnonzero((tr.mask & (tr.labels > 0)).any(axis=1))
+    if shared:
+        limit = share(limit, len(rows), ctx.dist)
     if len(rows) > limit:
         rows = np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
     return rows
@@ -54,9 +58,15 @@ def previous_stage(ctx: Context, index: int, round_: int) -> Path:
     return d
 
 
-def read_pools(stage_dir: Path) -> list[dict[str, Any]]:
+def read_pools(stage_dir: Path, ctx: Context | None = None) -> list[dict[str, Any]]:
+    """Stage 3's pools. With the data sharded (``ctx``), those of this rank's training requests,
+    their ``row`` made this rank's: the file holds every rank's, by request id."""
     with open(stage_dir / CANDIDATES) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        pools = [json.loads(line) for line in f if line.strip()]
+    if ctx is None or not ctx.dist.data_sharded:
+        return pools
+    local = {str(rid): i for i, rid in enumerate(ctx.splits["train"].request_ids)}
+    return [{**p, "row": local[p["request_id"]]} for p in pools if p["request_id"] in local]
 
 
 def stage_state_dir(ctx: Context, index: int, round_: int) -> Path:

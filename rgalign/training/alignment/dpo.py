@@ -22,8 +22,10 @@ from rgalign.training.context import Context
 from rgalign.training.alignment.common import (
     previous_stage, read_pools, stage_seed, stage_state_dir, train_policy,
 )
+from rgalign.training.distributed import all_reduce_sum
 from rgalign.training.global_sft import drop_stage_state
 from rgalign.training.parallel import dist_record
+from rgalign.training.shard_data import share
 
 
 class _SequenceLogprobs(nn.Module):
@@ -40,7 +42,7 @@ class _SequenceLogprobs(nn.Module):
 def stage_dpo(ctx: Context, round_: int) -> None:
     c = ctx.config.dpo
     src = previous_stage(ctx, 3, round_)
-    pools = read_pools(src)
+    pools = read_pools(src, ctx)  # sharded data: this rank's
     prompts_all = ctx.prompts("train")
     rewards = torch.tensor([p["rewards"] for p in pools], dtype=torch.float32)
     pairs = rga.dpo_pairs([prompts_all[p["row"]] for p in pools], [p["candidates"] for p in pools], rewards,
@@ -48,10 +50,11 @@ def stage_dpo(ctx: Context, round_: int) -> None:
     available = len(pairs)
     best_margin = rga.best_of_n(rewards)[2] if len(pools) else torch.zeros(0)
     seed = stage_seed(ctx, 4, round_)
-    if len(pairs) > c.max_pairs:
-        keep = np.sort(np.random.default_rng(seed).choice(len(pairs), c.max_pairs, replace=False))
+    max_pairs = share(c.max_pairs, len(pairs), ctx.dist)  # sharded data: this rank's part
+    if len(pairs) > max_pairs:
+        keep = np.sort(np.random.default_rng(seed).choice(len(pairs), max_pairs, replace=False))
         pairs = [pairs[i] for i in keep]
-    if not pairs:
+    if not all_reduce_sum(float(len(pairs)), ctx.dist):  # no rank has one: every rank skips alike
         # no preference clears the reward model's noise: it scores the candidate queries (almost)
         # alike, e.g. a ranker that early stopping kept near its start, item popularity, reads
         # little of the latent query. DPO on such pairs would learn the noise: the RG-SFT
@@ -77,6 +80,9 @@ def stage_dpo(ctx: Context, round_: int) -> None:
     perm = np.random.default_rng(seed + 7).permutation(len(pairs))
     held = [pairs[i] for i in np.sort(perm[:n_held])]
     pairs = [pairs[i] for i in np.sort(perm[n_held:])]
+    n_pairs = len(pairs)
+    if not pairs:  # sharded data, another rank has pairs: steps on a blank stand-in at weight 0
+        pairs = [rga.DPOPair("", " ", " ")]
     policy = Reasoner.load(src / "reasoner")
     tuning = finetune.start(policy, ctx.config)
     if tuning.plan.lora:
@@ -110,7 +116,7 @@ def stage_dpo(ctx: Context, round_: int) -> None:
 
     # a pair's rows pad to its longer answer; RG-CL keeps random batches (its in-batch negatives)
     lengths = loops.pair_lengths(tok, prompts, [p.chosen for p in pairs], [p.rejected for p in pairs])
-    log = train_policy(ctx, _SequenceLogprobs(policy), len(pairs), step, index=4, round_=round_, epochs=c.epochs,
+    log = train_policy(ctx, _SequenceLogprobs(policy), n_pairs, step, index=4, round_=round_, epochs=c.epochs,
                         batch_size=c.batch_size, lr=c.lr, weight_decay=0.0, seed=seed,
                         description=f"4 DPO (round {round_})", lengths=lengths, autocast=tuning.autocast)
     held_after = _dpo_eval(_pair_logprobs(policy, held), held_ref, c.beta)
@@ -127,12 +133,12 @@ def stage_dpo(ctx: Context, round_: int) -> None:
         write_text_atomic(d / "losses.csv", log.to_csv())
 
     info = {
-        "seconds": seconds, "pairs": len(pairs), "pairs_available": available, "pools": len(pools),
+        "seconds": seconds, "pairs": n_pairs, "pairs_available": available, "pools": len(pools),
         "beta": c.beta, "min_margin": c.min_margin,
         "final_loss": float(np.mean([r["loss"] for r in tail])),
         "final_reward_accuracy": float(np.mean([r["reward_accuracy"] for r in tail])),
         "final_reward_margin": float(np.mean([r["reward_margin"] for r in tail])),
-        "pairs_per_s": len(pairs) * c.epochs / seconds,
+        "pairs_per_s": n_pairs * c.epochs / seconds,
         "held_out": {"pairs": len(held), **{f"{k}": v for k, v in held_after.items()},
                      "before": held_before, "ln2": math.log(2.0)},
         "policy_from": ctx.relative(src / "reasoner"), "reference": ctx.relative(src / "reasoner"),
@@ -142,7 +148,7 @@ def stage_dpo(ctx: Context, round_: int) -> None:
     drop_stage_state(ctx.dist, stage_state_dir(ctx, 4, round_))
     held_txt = (f"; held-out {len(held)} pairs: loss {held_after['loss']:.3f} (ln 2 = 0.693), reward accuracy "
                 f"{held_after['reward_accuracy']:.2f}" if held else "")
-    ctx.log(f"stage 4 dpo (round {round_}): {len(pairs)} pairs (of {available} over the margin), loss "
+    ctx.log(f"stage 4 dpo (round {round_}): {n_pairs} pairs (of {available} over the margin), loss "
             f"{info['final_loss']:.3f}, reward accuracy {info['final_reward_accuracy']:.2f}{held_txt}, {seconds:.0f} s")
 
 

@@ -18,6 +18,8 @@ from rgalign.models.reasoner import Reasoner
 from rgalign.models.tokenizer import encode_prompts
 from rgalign.training import finetune, rga
 from rgalign.training.context import Context
+from rgalign.training.distributed import all_gather_object
+from rgalign.training.shard_data import share
 from rgalign.training.alignment.common import (
     clicked_rows, previous_stage, read_pools, slate, stage_seed, stage_state_dir, train_policy,
 )
@@ -47,10 +49,20 @@ def _kb_retrieval(reasoner: Reasoner, prompts: list[str], clicked: torch.Tensor,
     return {f"hit@{k}": float(hit), "cosine": float(cos.mean())}
 
 
+def _merged(ctx: Context, means: dict[str, float], n: int) -> dict[str, float]:
+    """Means over this rank's ``n`` requests -> over every rank's (the data sharded: each rank
+    checks up to 500 of its own valid requests)."""
+    if not ctx.dist.data_sharded:
+        return means
+    parts = [(m, k) for m, k in all_gather_object((means, n), ctx.dist) if k]
+    total = sum(k for _, k in parts)
+    return {name: sum(m[name] * k for m, k in parts) / total if total else float("nan") for name in means}
+
+
 def stage_rg_cl(ctx: Context, round_: int) -> None:
     c = ctx.config.rg_cl
     src = previous_stage(ctx, 4, round_)
-    pools = {p["row"]: p for p in read_pools(previous_stage(ctx, 3, round_))}
+    pools = {p["row"]: p for p in read_pools(previous_stage(ctx, 3, round_), ctx)}  # sharded data: this rank's
     policy = Reasoner.load(src / "reasoner")
     lora = finetune.start_plan(policy, ctx.config).lora
     if lora:
@@ -66,8 +78,10 @@ def stage_rg_cl(ctx: Context, round_: int) -> None:
 
     # requests: every stage-3 pool (they have a preferred query), then more clicked requests
     rows = np.array(sorted(pools), dtype=np.int64)
-    extra = np.setdiff1d(clicked_rows(ctx, c.max_requests + len(rows), seed), rows)
-    extra = extra[: max(0, c.max_requests - len(rows))]
+    tr = ctx.splits["train"]
+    cap = share(c.max_requests, int((tr.mask & (tr.labels > 0)).any(axis=1).sum()), ctx.dist)  # sharded: this rank's part
+    extra = np.setdiff1d(clicked_rows(ctx, cap + len(rows), seed, shared=False), rows)
+    extra = extra[: max(0, cap - len(rows))]
     prompts_all = ctx.prompts("train")
     kb_latents = snapshot.encode_prompts(list(ctx.encoders.intent_texts), batch_size=ctx.config.infer_batch)
     pref = rga.candidate_latents(
@@ -82,15 +96,20 @@ def stage_rg_cl(ctx: Context, round_: int) -> None:
     keep = has.numpy()
     all_rows, positives, neg_mask = all_rows[keep], positives[keep], neg_mask[keep]
     prompts = [prompts_all[r] for r in all_rows]
+    n_requests = len(prompts)
+    if not prompts:  # sharded data, this rank has no request: steps on a blank stand-in at weight 0
+        prompts = [""]
+        positives, neg_mask = torch.zeros(1, kb_latents.shape[1]), torch.ones(1, len(kb_latents), dtype=torch.bool)
 
     # held-out alignment: do valid requests' latent queries point at their clicked intents?
     va = ctx.splits["valid"]
-    vrows = np.flatnonzero((va.mask & (va.labels > 0)).any(axis=1))[:500]
+    vrows = np.flatnonzero((va.mask & (va.labels > 0)).any(axis=1))
+    vrows = vrows[: share(500, len(vrows), ctx.dist)]  # sharded data: this rank's part of the 500
     _, _, not_clicked = rga.clicked_intent_targets(
         kb_latents, torch.from_numpy(va.shown[vrows]), torch.from_numpy(va.labels[vrows]), torch.from_numpy(va.mask[vrows])
     )
     vprompts = [ctx.prompts("valid")[r] for r in vrows]
-    before = _kb_retrieval(policy, vprompts, ~not_clicked, kb_latents, ctx.config.infer_batch)
+    before = _merged(ctx, _kb_retrieval(policy, vprompts, ~not_clicked, kb_latents, ctx.config.infer_batch), len(vprompts))
 
     tuning = finetune.start(policy, ctx.config)  # after the targets: see `snapshot` above
     negatives = kb_latents if c.kb_negatives else None
@@ -104,11 +123,11 @@ def stage_rg_cl(ctx: Context, round_: int) -> None:
                             neg_mask[idx] if negatives is not None else None, targets=torch.from_numpy(local))
         return loss, len(idx), {"info_nce": float(loss.detach())}
 
-    log = train_policy(ctx, policy, len(prompts), step, index=5, round_=round_, epochs=c.epochs,
+    log = train_policy(ctx, policy, n_requests, step, index=5, round_=round_, epochs=c.epochs,
                         batch_size=c.batch_size, lr=c.lr, weight_decay=0.01, seed=seed,
                         description=f"5 RG-CL (round {round_})", autocast=tuning.autocast)
     tuning.merge()
-    after = _kb_retrieval(policy, vprompts, ~not_clicked, kb_latents, ctx.config.infer_batch)
+    after = _merged(ctx, _kb_retrieval(policy, vprompts, ~not_clicked, kb_latents, ctx.config.infer_batch), len(vprompts))
     seconds = time.perf_counter() - t0
     # with LoRA the targets are constants computed before any training step: nothing to guard
     checks = frozen.check("stage 5") if frozen is not None else {}
@@ -118,7 +137,7 @@ def stage_rg_cl(ctx: Context, round_: int) -> None:
         write_text_atomic(d / "losses.csv", log.to_csv())
 
     info = {
-        "seconds": seconds, "requests": len(prompts), "with_preferred_query": int(keep[: len(rows)].sum()),
+        "seconds": seconds, "requests": n_requests, "with_preferred_query": int(keep[: len(rows)].sum()),
         "temperature": c.temperature, "preferred_weight": c.preferred_weight, "kb_negatives": c.kb_negatives,
         "first_loss": log.rows[0]["info_nce"] if log.rows else math.nan,
         "final_loss": float(np.mean([r["info_nce"] for r in log.rows[-20:]])) if log.rows else math.nan,
@@ -130,6 +149,6 @@ def stage_rg_cl(ctx: Context, round_: int) -> None:
         info["target_encoder"] = "the policy before training (LoRA: no copy kept)"
     ctx.finish(5, save, info, round_)
     drop_stage_state(ctx.dist, stage_state_dir(ctx, 5, round_))
-    ctx.log(f"stage 5 rg-cl (round {round_}): {len(prompts)} requests, InfoNCE {info['first_loss']:.3f} -> "
+    ctx.log(f"stage 5 rg-cl (round {round_}): {n_requests} requests, InfoNCE {info['first_loss']:.3f} -> "
             f"{info['final_loss']:.3f}, valid clicked intent in the latent's KB top-10 {before['hit@10']:.3f} -> "
             f"{after['hit@10']:.3f}, {seconds:.0f} s")

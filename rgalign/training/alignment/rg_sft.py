@@ -18,7 +18,9 @@ from rgalign.training.context import Context, require_reasoner
 from rgalign.artifacts.run import final_models
 from rgalign.training.alignment.common import CANDIDATES, clicked_rows, slate, stage_seed, stage_state_dir
 from rgalign.training.global_sft import drop_stage_state, sft_for_stage
+from rgalign.training.distributed import all_gather_object
 from rgalign.training.parallel import dist_record
+from rgalign.training.shard_data import require_everywhere
 
 
 def _reward_reasoner_source(ctx: Context, policy: Reasoner, policy_dir: Path, reward_dir: Path) -> tuple[bool, str]:
@@ -54,7 +56,8 @@ def stage_rg_sft(ctx: Context, round_: int) -> None:
     ranker = frozen.models["reward_model"]
     tok = policy.tokenizer
     seed = stage_seed(ctx, 3, round_)
-    rows = clicked_rows(ctx, c.max_requests, seed)
+    rows = clicked_rows(ctx, c.max_requests, seed)  # sharded data: this rank's part, from its shard
+    require_everywhere(len(rows), "stage 3: training requests with a click", ctx.dist)
     if len(rows) == 0:
         raise TrainError("stage 3: no training request has a click; RG-SFT needs clicked intents")
     prompts = [ctx.prompts("train")[r] for r in rows]
@@ -95,14 +98,16 @@ def stage_rg_sft(ctx: Context, round_: int) -> None:
     best_text = [cs[int(i)] for cs, i in zip(cands, best)]
     from_samples = float(np.mean([rga.dedup_key(t) not in kb_keys for t in best_text]))
     request_ids = ctx.splits["train"].request_ids[rows]
+    lines = [
+        json.dumps({"row": int(r), "request_id": str(rid), "candidates": cs, "rewards": [round(float(x), 6) for x in rw],
+                    "best": int(bi), "worst": int(wi)})
+        for r, rid, cs, rw, bi, wi in zip(rows, request_ids, cands, rewards, best, worst)
+    ]
+    if ctx.dist.data_sharded:  # every rank's pools, in rank order; stages 4-5 find theirs by request id
+        lines = [line for part in all_gather_object(lines, ctx.dist) for line in part]
 
     def save(d: Path) -> None:
         policy.save(d / "reasoner")
-        lines = [
-            json.dumps({"row": int(r), "request_id": str(rid), "candidates": cs, "rewards": [round(float(x), 6) for x in rw],
-                        "best": int(bi), "worst": int(wi)})
-            for r, rid, cs, rw, bi, wi in zip(rows, request_ids, cands, rewards, best, worst)
-        ]
         write_text_atomic(d / CANDIDATES, "\n".join(lines) + "\n")
         write_text_atomic(d / "losses.csv", res.log.to_csv())
 
