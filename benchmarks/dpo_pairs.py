@@ -11,10 +11,11 @@ Pair constructions (pools: stage 3's Best-of-N candidates and their rewards, one
   clear       requests with a clear winner only: best - second best > the std of the pool's rewards
   all_pairs   every (better, worse) pair of a pool whose reward gap >= dpo.min_margin (more pairs
               from the same requests; held out by request)
-  user        the reward of each candidate averaged over up to 8 training requests of the same
-              user (the candidate's latent query, from this request's prompt, scores each of the
-              user's slates): a preference that holds over several of a user's requests, not one
-              slate's clicks; (best, worst) by that reward, margin >= dpo.min_margin
+  user        the reward of each candidate averaged over up to 8 clicked training requests of the
+              same user (the candidate's latent query, from this request's prompt, scores each of
+              the user's slates): a preference that holds over several of a user's requests, not
+              one slate's clicks; (best, worst) by that mean, kept when the per-request differences
+              have a mean above their standard error and >= dpo.min_margin / sqrt(requests)
 """
 
 from __future__ import annotations
@@ -47,17 +48,25 @@ MAX_PAIRS = 2000  # all_pairs: a seeded sample (stage 4's max_pairs is 500)
 USER_REQUESTS = 8
 
 
-def pairs_of(kind: str, pools: list[dict], prompts: list[str], rewards: torch.Tensor, min_margin: float) -> list[tuple]:
+def pairs_of(kind: str, pools: list[dict], prompts: list[str], rewards: torch.Tensor, min_margin: float,
+             per_request: list[torch.Tensor] | None = None) -> list[tuple]:
     """Per pool (request): (its training pairs, its (best, worst) pair or None), DPOPairs."""
     out: list[tuple] = []
-    for p, prompt, r in zip(pools, prompts, rewards):
+    for k, (p, prompt, r) in enumerate(zip(pools, prompts, rewards)):
         cands = p["candidates"]
         order = torch.argsort(r, descending=True, stable=True).tolist()
         best, worst = order[0], order[-1]
         gap = float(r[best] - r[worst])
         one = [rga.DPOPair(prompt, build_target([cands[best]]), build_target([cands[worst]]))] \
             if gap > 0 and gap >= min_margin and rga.dedup_key(cands[best]) != rga.dedup_key(cands[worst]) else []
-        if kind in ("best_worst", "user"):
+        if kind == "user":
+            d = per_request[k][:, best] - per_request[k][:, worst]  # (requests,)
+            se = float(d.std() / math.sqrt(len(d))) if len(d) > 1 else 0.0
+            ok = len(d) > 1 and float(d.mean()) > se and float(d.mean()) >= min_margin / math.sqrt(len(d)) \
+                and rga.dedup_key(cands[best]) != rga.dedup_key(cands[worst])
+            pair = rga.DPOPair(prompt, build_target([cands[best]]), build_target([cands[worst]]))
+            out.append(([pair], pair) if ok else ([], None))
+        elif kind == "best_worst":
             out.append((one, one[0] if one else None))
         elif kind == "clear":
             clear = len(order) > 1 and float(r[order[0]] - r[order[1]]) > float(r.std())
@@ -70,9 +79,10 @@ def pairs_of(kind: str, pools: list[dict], prompts: list[str], rewards: torch.Te
     return out
 
 
-def user_rewards(ctx, info3: dict, pools: list[dict], prompts: list[str], seed: int) -> torch.Tensor:
+def user_rewards(ctx, info3: dict, pools: list[dict], prompts: list[str], seed: int) -> tuple[torch.Tensor, list]:
     """(R, n) rewards of each pool's candidates averaged over the pool's own slate and up to
-    USER_REQUESTS - 1 other training requests of the same user."""
+    USER_REQUESTS - 1 other clicked training requests of the same user, and per pool the (K, n)
+    rewards on each of those requests."""
     tr = ctx.splits["train"]
     ranker = QERanker.load(ctx.run.root / info3["reward_model"])
     reasoner = Reasoner.load(ctx.run.root / info3["reward_reasoner"])
@@ -82,10 +92,12 @@ def user_rewards(ctx, info3: dict, pools: list[dict], prompts: list[str], seed: 
         by_user.setdefault(u, []).append(i)
     rng = np.random.default_rng(seed)
     out = torch.zeros(lat.shape[:2])
+    per: list[torch.Tensor] = []
     others_used = []
+    clicked_rows = (tr.labels * tr.mask).sum(axis=1) > 0
     for k, p in enumerate(pools):
         own = p["row"]
-        others = [i for i in by_user[tr.user_ids[own]] if i != own]
+        others = [i for i in by_user[tr.user_ids[own]] if i != own and clicked_rows[i]]
         if len(others) > USER_REQUESTS - 1:
             others = sorted(rng.choice(others, USER_REQUESTS - 1, replace=False).tolist())
         rows = np.array([own, *others])
@@ -95,10 +107,10 @@ def user_rewards(ctx, info3: dict, pools: list[dict], prompts: list[str], seed: 
         lat_k = lat[k].repeat(len(rows), 1).unsqueeze(1)  # (rows * n, 1, d)
         rew = rga.reward_scores(ranker, sel(tr.cat), sel(tr.num), lat_k, sel(tr.shown), sel(tr.labels), sel(tr.mask))
         rew = rew.view(len(rows), n)
-        clicked = torch.from_numpy((tr.labels[rows] * tr.mask[rows]).sum(axis=1) > 0)
-        out[k] = rew[clicked].mean(dim=0) if clicked.any() else 0.0
+        out[k] = rew.mean(dim=0)
+        per.append(rew)
     print(f"user rewards: {np.mean(others_used):.1f} other requests per pool on average", flush=True)
-    return out
+    return out, per
 
 
 def run_kind(ctx, kind: str, src: Path, per_pool: list[list], seed: int) -> dict:
@@ -173,8 +185,8 @@ def main() -> int:
     results = {"run": str(args.run), "pools": len(pools), "min_margin": cfg.dpo.min_margin, "kinds": {}}
     for kind in args.kinds.split(","):
         t0 = time.perf_counter()
-        r = user_rewards(ctx, info3, pools, prompts, seed) if kind == "user" else rewards
-        res = run_kind(ctx, kind, src3 / "reasoner", pairs_of(kind, pools, prompts, r, cfg.dpo.min_margin), seed)
+        r, per = user_rewards(ctx, info3, pools, prompts, seed) if kind == "user" else (rewards, None)
+        res = run_kind(ctx, kind, src3 / "reasoner", pairs_of(kind, pools, prompts, r, cfg.dpo.min_margin, per), seed)
         res["wall_seconds"] = time.perf_counter() - t0
         results["kinds"][kind] = res
         h = res.get("held_out", {})
