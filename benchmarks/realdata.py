@@ -141,9 +141,11 @@ def table(name: str, runs: dict[int, dict], config: str = "default config") -> s
             f"error_rate {100 * (e['qe_rga'] - e['baseline']) / e['baseline']:+.1f}%")
     lines += [""] + [f"- {c}" for c in checks]
     dpo = [runs[s]["stages"].get("4-dpo", {}).get("held_out") for s in seeds]
+    kept = [runs[s]["stages"].get("4-dpo", {}).get("dpo_kept") for s in seeds]
     if any(dpo):
-        lines += ["", "DPO, held-out pairs (loss vs ln 2 = 0.693, reward accuracy): " + ", ".join(
-            f"seed {s} {d['loss']:.3f} / {d['reward_accuracy']:.2f}" for s, d in zip(seeds, dpo) if d and "loss" in d) + "."]
+        lines += ["", "DPO, held-out pairs (loss vs ln 2 = 0.693, reward accuracy; whether stage 4 kept the policy): " + ", ".join(
+            f"seed {s} {d['loss']:.3f} / {d['reward_accuracy']:.2f}" + ("" if k is None else " kept" if k else " not kept")
+            for s, d, k in zip(seeds, dpo, kept) if d and "loss" in d) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -185,7 +187,8 @@ def main() -> int:
             for s, r in runs.items():
                 if name in results and int(s) not in results[name]:
                     results[name][int(s)] = {"test": r["test"], "popularity": r["popularity"], "wall_seconds": r.get("wall_seconds"),
-                                             "stages": {"4-dpo": {"held_out": r["dpo_held_out"]}} if r.get("dpo_held_out") else {}}
+                                             "stages": {"4-dpo": {"held_out": r["dpo_held_out"], "dpo_kept": r.get("dpo_kept")}}
+                                             if r.get("dpo_held_out") else {}}
             if name in results:
                 results[name] = dict(sorted(results[name].items()))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -193,7 +196,8 @@ def main() -> int:
     (args.out / "realdata.md").write_text(md)
     keep = {"_config": overrides} if overrides else {}
     keep |= {n: {s: {"test": r["test"], "popularity": r["popularity"], "wall_seconds": r.get("wall_seconds"),
-                    "dpo_held_out": r["stages"].get("4-dpo", {}).get("held_out")} for s, r in runs.items()}
+                    "dpo_held_out": r["stages"].get("4-dpo", {}).get("held_out"),
+                    "dpo_kept": r["stages"].get("4-dpo", {}).get("dpo_kept")} for s, r in runs.items()}
             for n, runs in results.items()}
     (args.out / "realdata.json").write_text(json.dumps(keep, indent=1, sort_keys=True) + "\n")
     print(md)
