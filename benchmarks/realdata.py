@@ -12,6 +12,8 @@ with other jobs sharing it; peak memory 4.3 GB):
     .venv/bin/python benchmarks/realdata.py                       # MovieLens and synthetic, 3 seeds
     .venv/bin/python benchmarks/realdata.py --datasets movielens --seeds 0
     .venv/bin/python benchmarks/realdata.py --table-only          # rebuild the tables from WORK
+    .venv/bin/python benchmarks/realdata.py --config textprior.yaml --work runs/realdata-textprior \
+        --out benchmarks/results/realdata-textprior             # TrainConfig keys over the defaults
 
 Each step is the `rgalign` command a user would run; a finished run (RUN/metrics.json) is not
 re-trained. The data is fetched and imported into WORK (never committed).
@@ -75,13 +77,16 @@ def synthetic(work: Path) -> Path:
     return data
 
 
-def train(data: Path, run: Path, seed: int) -> dict:
-    """metrics.json of a default run with ``seed`` (trained unless finished), with its wall time."""
+def train(data: Path, run: Path, seed: int, overrides: dict | None = None) -> dict:
+    """metrics.json of a run with ``seed`` and the config ``overrides`` (TrainConfig keys; none:
+    the defaults), trained unless finished, with its wall time."""
     timing = run / "wall_seconds.json"
     if not (run / "metrics.json").is_file():
+        import yaml
+
         run.parent.mkdir(parents=True, exist_ok=True)
         cfg = run.parent / f"seed{seed}.yaml"
-        cfg.write_text(f"seed: {seed}\n")
+        cfg.write_text(yaml.safe_dump({**(overrides or {}), "seed": seed}, sort_keys=True))
         t0 = time.perf_counter()
         rgalign("train", str(data), "--out", str(run), "--config", str(cfg))
         timing.write_text(json.dumps({"seconds": time.perf_counter() - t0}))
@@ -105,10 +110,10 @@ def _fmt(x) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
 
 
-def table(name: str, runs: dict[int, dict]) -> str:
+def table(name: str, runs: dict[int, dict], config: str = "default config") -> str:
     """Markdown: per seed (GAUC, error_rate, time) and the mean of every column."""
     seeds = sorted(runs)
-    lines = [f"### {name}: test split, {len(seeds)} seed(s), default config", "",
+    lines = [f"### {name}: test split, {len(seeds)} seed(s), {config}", "",
              "| model | " + " | ".join(f"GAUC s{s}" for s in seeds) + " | " + " | ".join(f"mean {c}" for c in COLUMNS) + " |",
              "|---|" + "---:|" * (len(seeds) + len(COLUMNS))]
     for m in MODELS:
@@ -136,9 +141,11 @@ def table(name: str, runs: dict[int, dict]) -> str:
             f"error_rate {100 * (e['qe_rga'] - e['baseline']) / e['baseline']:+.1f}%")
     lines += [""] + [f"- {c}" for c in checks]
     dpo = [runs[s]["stages"].get("4-dpo", {}).get("held_out") for s in seeds]
+    kept = [runs[s]["stages"].get("4-dpo", {}).get("dpo_kept") for s in seeds]
     if any(dpo):
-        lines += ["", "DPO, held-out pairs (loss vs ln 2 = 0.693, reward accuracy): " + ", ".join(
-            f"seed {s} {d['loss']:.3f} / {d['reward_accuracy']:.2f}" for s, d in zip(seeds, dpo) if d and "loss" in d) + "."]
+        lines += ["", "DPO, held-out pairs (loss vs ln 2 = 0.693, reward accuracy; whether stage 4 kept the policy): " + ", ".join(
+            f"seed {s} {d['loss']:.3f} / {d['reward_accuracy']:.2f}" + ("" if k is None else " kept" if k else " not kept")
+            for s, d, k in zip(seeds, dpo, kept) if d and "loss" in d) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -153,8 +160,20 @@ def main() -> int:
                     help="an earlier realdata.json: its seeds that WORK lacks join the tables (same code only: "
                          "a run is not re-trained, so a stored seed is only comparable if the code and defaults "
                          "did not change since)")
+    ap.add_argument("--config", type=Path, default=None,
+                    help="a YAML file of TrainConfig keys over the defaults for every run (its seed is "
+                         "--seeds'); use a --work of its own: a finished run is never re-trained")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    overrides: dict = {}
+    if args.config is not None:
+        import yaml
+
+        overrides = yaml.safe_load(args.config.read_text()) or {}
+        if not isinstance(overrides, dict):
+            ap.error(f"--config {args.config}: a mapping of TrainConfig keys, got {type(overrides).__name__}")
+        overrides.pop("seed", None)
+    config = ("config " + ", ".join(f"{k}: {v}" for k, v in sorted(overrides.items()))) if overrides else "default config"
     results: dict[str, dict[int, dict]] = {}
     for name in args.datasets.split(","):
         if args.table_only:
@@ -162,20 +181,23 @@ def main() -> int:
             results[name] = {s: train(Path("-"), r, s) for s, r in runs.items() if (r / "metrics.json").is_file()}
             continue
         data = fetch_movielens(args.work) if name == "movielens" else synthetic(args.work)
-        results[name] = {s: train(data, args.work / "runs" / name / f"seed{s}", s) for s in seeds}
+        results[name] = {s: train(data, args.work / "runs" / name / f"seed{s}", s, overrides) for s in seeds}
     if args.stored is not None:
         for name, runs in json.loads(args.stored.read_text()).items():
             for s, r in runs.items():
                 if name in results and int(s) not in results[name]:
                     results[name][int(s)] = {"test": r["test"], "popularity": r["popularity"], "wall_seconds": r.get("wall_seconds"),
-                                             "stages": {"4-dpo": {"held_out": r["dpo_held_out"]}} if r.get("dpo_held_out") else {}}
+                                             "stages": {"4-dpo": {"held_out": r["dpo_held_out"], "dpo_kept": r.get("dpo_kept")}}
+                                             if r.get("dpo_held_out") else {}}
             if name in results:
                 results[name] = dict(sorted(results[name].items()))
     args.out.mkdir(parents=True, exist_ok=True)
-    md = "\n".join(table(n, r) for n, r in results.items() if r)
+    md = "\n".join(table(n, r, config) for n, r in results.items() if r)
     (args.out / "realdata.md").write_text(md)
-    keep = {n: {s: {"test": r["test"], "popularity": r["popularity"], "wall_seconds": r.get("wall_seconds"),
-                    "dpo_held_out": r["stages"].get("4-dpo", {}).get("held_out")} for s, r in runs.items()}
+    keep = {"_config": overrides} if overrides else {}
+    keep |= {n: {s: {"test": r["test"], "popularity": r["popularity"], "wall_seconds": r.get("wall_seconds"),
+                    "dpo_held_out": r["stages"].get("4-dpo", {}).get("held_out"),
+                    "dpo_kept": r["stages"].get("4-dpo", {}).get("dpo_kept")} for s, r in runs.items()}
             for n, runs in results.items()}
     (args.out / "realdata.json").write_text(json.dumps(keep, indent=1, sort_keys=True) + "\n")
     print(md)

@@ -30,7 +30,10 @@ METRICS = {"auc", "gauc", "logloss", "error_rate", "recall@3", "ndcg@3", "hitrat
 ROUND0 = ["3-rg-sft", "4-dpo", "5-rg-cl", "6-calibrate"]
 ROUND1 = [s + "-r1" for s in ROUND0]
 # stage 6 re-fits on a sample of the ~210 training requests, as `calibrate.max_requests` allows
-RGA_TRAIN = {**TINY_TRAIN, "calibrate": {**TINY_TRAIN["calibrate"], "max_requests": 150}}
+# the DPO generalisation check is opt-in (rgalign.training.config.DPOConfig): on here, so that
+# both of its outcomes can show up in the two rounds
+RGA_TRAIN = {**TINY_TRAIN, "calibrate": {**TINY_TRAIN["calibrate"], "max_requests": 150},
+             "dpo": {**TINY_TRAIN["dpo"], "require_generalisation": True}}
 
 
 def _hashes(folder: Path) -> dict[str, str]:
@@ -211,6 +214,23 @@ def test_dpo_without_any_pair_over_the_margin_is_skipped_with_its_reason(rga_run
     # the policy goes on as the RG-SFT reasoner left it
     a, b = copy / "stages" / "4-dpo" / "reasoner", copy / "stages" / "3-rg-sft" / "reasoner"
     assert _hashes(a) == _hashes(b)
+
+
+def test_dpo_policy_goes_on_only_if_its_held_out_accuracy_beats_chance(rga_run):
+    run = RunDir(rga_run[0])
+    for r in (0, 1):
+        info = run.stage_info(4, r)
+        if "skipped" in info:
+            assert info["dpo_kept"] is False
+            continue
+        check = info["generalisation"]
+        assert check["reward_accuracy"] == info["held_out"]["reward_accuracy"]
+        assert check["pairs"] == info["held_out"]["pairs"]
+        assert info["dpo_kept"] == (check["reward_accuracy"] - 0.5 > check["standard_error"])
+        same = _hashes(run.stage_dir(4, r) / "reasoner") == _hashes(run.stage_dir(3, r) / "reasoner")
+        assert same == (not info["dpo_kept"])  # not kept: stage 5 gets the RG-SFT reasoner itself
+        assert (run.stage_dir(4, r) / "losses.csv").is_file()  # the training it did is on record either way
+        assert run.stage_info(5, r)["policy_from"] == f"stages/4-dpo{'-r1' if r else ''}/reasoner"
 
 
 def test_stage_4_before_stage_3_is_a_clear_error(data, tmp_path):

@@ -306,6 +306,19 @@ def test_dpo_pairs_keep_best_vs_worst_above_the_margin():
     assert rga.dpo_pairs(prompts, cands, rewards, min_margin=2.0) == []
 
 
+def test_dpo_policy_is_kept_only_above_chance_by_more_than_its_standard_error():
+    # 50 held-out pairs: se = sqrt(0.25 / 50) = 0.0707; chance + se = 0.5707
+    kept = rga.generalises(0.69, 50)  # synthetic seed 0's held-out accuracy
+    assert kept["kept"] and kept["standard_error"] == pytest.approx(0.0707107, abs=1e-6)
+    assert kept["excess"] == pytest.approx(0.19 / 0.0707107, rel=1e-5) and kept["chance"] == 0.5
+    assert not rga.generalises(0.50, 42)["kept"] and not rga.generalises(0.48, 42)["kept"]  # seeds 1, 2
+    assert not rga.generalises(0.57, 50)["kept"] and rga.generalises(0.58, 50)["kept"]  # either side of 0.5707
+    assert not rga.generalises(1.0, 0)["kept"]  # no held-out pairs: no evidence that it generalises
+    assert rga.generalises(None, 0)["standard_error"] is None
+    # the same accuracy is evidence on many pairs and noise on few
+    assert rga.generalises(0.55, 400)["kept"] and not rga.generalises(0.55, 40)["kept"]
+
+
 # ---- log-probabilities and the DPO step ---------------------------------------------------------
 
 

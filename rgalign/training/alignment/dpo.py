@@ -69,7 +69,7 @@ def stage_dpo(ctx: Context, round_: int) -> None:
             shutil.copytree(src / "reasoner", d / "reasoner")
 
         ctx.finish(4, keep_policy, {"seconds": 0.0, "pairs": 0, "pairs_available": 0, "pools": len(pools),
-                                    "skipped": reason, "policy_from": ctx.relative(src / "reasoner"),
+                                    "skipped": reason, "dpo_kept": False, "policy_from": ctx.relative(src / "reasoner"),
                                     "reference": ctx.relative(src / "reasoner"),
                                     "frozen_unchanged": {"reference": True}}, round_)  # copied, never loaded
         ctx.log(f"stage 4 dpo (round {round_}): skipped, {reason}")
@@ -127,9 +127,18 @@ def stage_dpo(ctx: Context, round_: int) -> None:
     tuning.merge()
     seconds = time.perf_counter() - t0
     tail = log.rows[-20:]
+    # what DPO learned is kept only if it generalises: held-out accuracy over chance by more than its
+    # standard error; otherwise the RG-SFT reasoner goes on to stage 5 (the trained one is dropped)
+    check = rga.generalises(held_after.get("reward_accuracy"), len(held))
+    kept = check["kept"] or not c.require_generalisation
 
     def save(d: Path) -> None:
-        policy.save(d / "reasoner")
+        if kept:
+            policy.save(d / "reasoner")
+        else:
+            import shutil
+
+            shutil.copytree(src / "reasoner", d / "reasoner")
         write_text_atomic(d / "losses.csv", log.to_csv())
 
     info = {
@@ -143,13 +152,23 @@ def stage_dpo(ctx: Context, round_: int) -> None:
                      "before": held_before, "ln2": math.log(2.0)},
         "policy_from": ctx.relative(src / "reasoner"), "reference": ctx.relative(src / "reasoner"),
         "frozen_unchanged": checks, "finetune": tuning.info(), "dist": dist_record(ctx.dist, policy),
+        "dpo_kept": kept, "generalisation": {**check, "required": c.require_generalisation},
     }
+    if not kept:
+        info["output"] = (f"the input reasoner ({ctx.relative(src / 'reasoner')}): held-out reward accuracy "
+                          f"{_fmt(check['reward_accuracy'])} over {len(held)} pairs does not beat chance 0.5 by more "
+                          f"than its standard error {_fmt(check['standard_error'])}")
     ctx.finish(4, save, info, round_)
     drop_stage_state(ctx.dist, stage_state_dir(ctx, 4, round_))
     held_txt = (f"; held-out {len(held)} pairs: loss {held_after['loss']:.3f} (ln 2 = 0.693), reward accuracy "
                 f"{held_after['reward_accuracy']:.2f}" if held else "")
     ctx.log(f"stage 4 dpo (round {round_}): {n_pairs} pairs (of {available} over the margin), loss "
-            f"{info['final_loss']:.3f}, reward accuracy {info['final_reward_accuracy']:.2f}{held_txt}, {seconds:.0f} s")
+            f"{info['final_loss']:.3f}, reward accuracy {info['final_reward_accuracy']:.2f}{held_txt}, {seconds:.0f} s"
+            + ("" if kept else f"; not kept, stage 5 gets {info['output']}"))
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def _pair_logprobs(model: Reasoner, pairs: list) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -7,6 +7,7 @@ the algorithm, one file a step:
                       -> `sft_examples` (trained with ``Reasoner.lm_loss``, e.g. ``loops.train_sft``)
     stage 4, DPO      `dpo_pairs` (best vs worst candidate, reward-margin filter)
                       -> `batched_sequence_logprobs` / `dpo_batch_loss` -> `dpo_loss`
+                      -> `generalises` (held-out accuracy vs chance: keep the policy or its input)
     stage 5, RG-CL    `clicked_intent_targets` -> `info_nce`
     tests/guards      `freeze`, `param_checksums`, `frozen_unchanged`, `changed_names`
 
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 from rgalign.training.rga.candidates import candidate_latents, candidate_queries, dedup_key
 from rgalign.training.rga.contrastive import clicked_intent_targets, info_nce
-from rgalign.training.rga.dpo import DPOPair, batched_sequence_logprobs, dpo_batch_loss, dpo_loss, dpo_pairs
+from rgalign.training.rga.dpo import DPOPair, batched_sequence_logprobs, dpo_batch_loss, dpo_loss, dpo_pairs, generalises
 from rgalign.training.rga.frozen import FrozenModels, changed_names, freeze, frozen_unchanged, param_checksums
 from rgalign.training.rga.reward import (
     REWARD_KINDS, best_of_n, listnet_loglik, ndcg_reward, reward_scores, sft_examples,
@@ -56,6 +57,7 @@ __all__ = [
     "dpo_pairs",
     "freeze",
     "frozen_unchanged",
+    "generalises",
     "info_nce",
     "listnet_loglik",
     "ndcg_reward",

@@ -1,9 +1,11 @@
 """Stage 4, DPO: (best, worst) preference pairs from the scored pools (`dpo_pairs`), the summed
 log-probability of a response under a reasoner (`batched_sequence_logprobs`) and the DPO loss
-(`dpo_loss`, `dpo_batch_loss`)."""
+(`dpo_loss`, `dpo_batch_loss`); whether a trained policy's held-out preference beats chance
+(`generalises`)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -147,3 +149,26 @@ def dpo_batch_loss(
     pol = batched_sequence_logprobs(policy, tokenizer, prompts, responses, batch_size=2 * b, max_len=max_len, grad=True)
     ref = batched_sequence_logprobs(reference, tokenizer, prompts, responses, batch_size=2 * b, max_len=max_len)
     return dpo_loss(pol[:b], pol[b:], ref[:b].to(pol.device), ref[b:].to(pol.device), beta)
+
+
+CHANCE = 0.5  # the reward accuracy of a policy that learned no preference (an unbiased coin)
+
+
+def generalises(reward_accuracy: float | None, pairs: int) -> dict[str, Any]:
+    """Whether a DPO policy's held-out reward accuracy beats chance by more than its standard error.
+
+    The binomial standard error of an accuracy over ``pairs`` held-out pairs at chance,
+    ``sqrt(0.5 * 0.5 / pairs)`` (0.071 at 50 pairs), is the noise a policy that learned nothing
+    general shows; a policy is kept when ``reward_accuracy - 0.5 > se``. Without held-out pairs
+    there is no evidence either way, and the policy is not kept.
+
+    Returns ``{"kept": bool, "reward_accuracy", "pairs", "chance", "standard_error", "excess"}``
+    (``excess`` = accuracy - chance, in standard errors; None without pairs).
+    """
+    if pairs <= 0 or reward_accuracy is None:
+        return {"kept": False, "reward_accuracy": reward_accuracy, "pairs": int(pairs), "chance": CHANCE,
+                "standard_error": None, "excess": None}
+    se = math.sqrt(CHANCE * (1.0 - CHANCE) / pairs)
+    excess = (reward_accuracy - CHANCE) / se
+    return {"kept": bool(excess > 1.0), "reward_accuracy": float(reward_accuracy), "pairs": int(pairs),
+            "chance": CHANCE, "standard_error": se, "excess": excess}
