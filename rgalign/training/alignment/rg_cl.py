@@ -116,7 +116,8 @@ def stage_rg_cl(ctx: Context, round_: int) -> None:
 
     def step(model: nn.Module, batch: np.ndarray, local: np.ndarray) -> tuple[torch.Tensor, int, dict[str, float]]:
         # this rank's anchors against the positives of the whole global batch (its in-batch
-        # negatives, constants): the loss terms one process computes for these rows
+        # negatives, constants): the loss terms one process computes for these rows. With the data
+        # sharded the batch is this rank's own (`global_loop.LocalRows`): its in-batch negatives too
         idx = batch[local]
         anchor = _latents_with_grad(model, tok, [prompts[i] for i in idx], max_len)
         loss = rga.info_nce(anchor, positives[batch], negatives, c.temperature,
