@@ -109,7 +109,7 @@ def train_cmd(
     dist: str = typer.Option("auto", "--dist", help="Under torchrun: how the reasoner's training (stages 1, 3, 4, 5) spreads "
                              "over the processes: ddp (replicas), fsdp (FSDP2 shards), auto (fsdp from 100M parameters)."),
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", min=0, help="Write a resumable state of the "
-                                         "reasoner's stages 1, 3, 4 and 5 every N steps (it resumes on any number of processes)."),
+                                         "reasoner's stages 1, 3, 4 and 5 every N steps (it resumes on any number of processes; with --shard-data, on the same number only)."),
     shard_data: str = typer.Option("auto", "--shard-data", help="auto|on|off: each process reads only its shard of "
                                    "the impressions, encoders fitted by a streamed pass (auto: on from 2M impressions)."),
 ) -> None:
