@@ -10,6 +10,7 @@ at weight 0). Rank 0 writes the final weights, the logged losses and the counts 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -65,7 +66,12 @@ def main(jobs_file: str) -> None:
     dist = init_distributed()
     for job in json.loads(Path(jobs_file).read_text()):
         run(job, dist)
-    torch.distributed.destroy_process_group()
+    # every rank done with its collectives, then out without C++ destructors: tearing the gloo
+    # group down aborted one rank at exit now and then ("terminate called without an active
+    # exception") after its results were written; the results are what this worker is for
+    torch.distributed.barrier()
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
