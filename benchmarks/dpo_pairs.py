@@ -11,11 +11,13 @@ Pair constructions (pools: stage 3's Best-of-N candidates and their rewards, one
   clear       requests with a clear winner only: best - second best > the std of the pool's rewards
   all_pairs   every (better, worse) pair of a pool whose reward gap >= dpo.min_margin (more pairs
               from the same requests; held out by request)
-  user        the reward of each candidate averaged over up to 8 clicked training requests of the
-              same user (the candidate's latent query, from this request's prompt, scores each of
-              the user's slates): a preference that holds over several of a user's requests, not
-              one slate's clicks; (best, worst) by that mean, kept when the per-request differences
-              have a mean above their standard error and >= dpo.min_margin / sqrt(requests)
+  user        stage 4's default since this benchmark measured it (`rga.user_dpo_pairs`): each
+              candidate's reward on up to dpo.user_requests clicked training requests of the same
+              user (stored by stage 3 in the pools), (best, worst) by the mean, kept when the
+              per-request differences have a mean above their standard error and
+              >= dpo.min_margin / sqrt(requests). (The stored results/realdata/dpo_pairs_* were
+              measured by this script's earlier version, which scored the user's slates itself
+              from runs made before stage 3 stored them: 7 other requests drawn by another seed.)
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from rgalign.models.prompt import build_target  # noqa: E402
-from rgalign.models.qe_ranker import QERanker  # noqa: E402
 from rgalign.models.reasoner import Reasoner  # noqa: E402
 from rgalign.models.tokenizer import encode_pairs  # noqa: E402
 from rgalign.training import loops, rga, trainer  # noqa: E402
@@ -45,7 +46,6 @@ from rgalign.training.distributed import DistInfo  # noqa: E402
 
 KINDS = ("best_worst", "clear", "all_pairs", "user")
 MAX_PAIRS = 2000  # all_pairs: a seeded sample (stage 4's max_pairs is 500)
-USER_REQUESTS = 8
 
 
 def pairs_of(kind: str, pools: list[dict], prompts: list[str], rewards: torch.Tensor, min_margin: float,
@@ -59,13 +59,9 @@ def pairs_of(kind: str, pools: list[dict], prompts: list[str], rewards: torch.Te
         gap = float(r[best] - r[worst])
         one = [rga.DPOPair(prompt, build_target([cands[best]]), build_target([cands[worst]]))] \
             if gap > 0 and gap >= min_margin and rga.dedup_key(cands[best]) != rga.dedup_key(cands[worst]) else []
-        if kind == "user":
-            d = per_request[k][:, best] - per_request[k][:, worst]  # (requests,)
-            se = float(d.std() / math.sqrt(len(d))) if len(d) > 1 else 0.0
-            ok = len(d) > 1 and float(d.mean()) > se and float(d.mean()) >= min_margin / math.sqrt(len(d)) \
-                and rga.dedup_key(cands[best]) != rga.dedup_key(cands[worst])
-            pair = rga.DPOPair(prompt, build_target([cands[best]]), build_target([cands[worst]]))
-            out.append(([pair], pair) if ok else ([], None))
+        if kind == "user":  # stage 4's default (`rga.user_dpo_pairs`)
+            ps = rga.user_dpo_pairs([prompt], [cands], [per_request[k]], min_margin)
+            out.append((ps, ps[0] if ps else None))
         elif kind == "best_worst":
             out.append((one, one[0] if one else None))
         elif kind == "clear":
@@ -77,40 +73,6 @@ def pairs_of(kind: str, pools: list[dict], prompts: list[str], rewards: torch.Te
                   if float(r[i] - r[j]) >= max(min_margin, 1e-9) and rga.dedup_key(cands[i]) != rga.dedup_key(cands[j])]
             out.append((ps, one[0] if one else None))
     return out
-
-
-def user_rewards(ctx, info3: dict, pools: list[dict], prompts: list[str], seed: int) -> tuple[torch.Tensor, list]:
-    """(R, n) rewards of each pool's candidates averaged over the pool's own slate and up to
-    USER_REQUESTS - 1 other clicked training requests of the same user, and per pool the (K, n)
-    rewards on each of those requests."""
-    tr = ctx.splits["train"]
-    ranker = QERanker.load(ctx.run.root / info3["reward_model"])
-    reasoner = Reasoner.load(ctx.run.root / info3["reward_reasoner"])
-    lat = rga.candidate_latents(reasoner, reasoner.tokenizer, prompts, [p["candidates"] for p in pools])  # (R, n, d)
-    by_user: dict[str, list[int]] = {}
-    for i, u in enumerate(tr.user_ids):
-        by_user.setdefault(u, []).append(i)
-    rng = np.random.default_rng(seed)
-    out = torch.zeros(lat.shape[:2])
-    per: list[torch.Tensor] = []
-    others_used = []
-    clicked_rows = (tr.labels * tr.mask).sum(axis=1) > 0
-    for k, p in enumerate(pools):
-        own = p["row"]
-        others = [i for i in by_user[tr.user_ids[own]] if i != own and clicked_rows[i]]
-        if len(others) > USER_REQUESTS - 1:
-            others = sorted(rng.choice(others, USER_REQUESTS - 1, replace=False).tolist())
-        rows = np.array([own, *others])
-        others_used.append(len(others))
-        n = lat.shape[1]
-        sel = lambda a: torch.from_numpy(np.repeat(a[rows], n, axis=0))  # noqa: E731  (rows x candidates)
-        lat_k = lat[k].repeat(len(rows), 1).unsqueeze(1)  # (rows * n, 1, d)
-        rew = rga.reward_scores(ranker, sel(tr.cat), sel(tr.num), lat_k, sel(tr.shown), sel(tr.labels), sel(tr.mask))
-        rew = rew.view(len(rows), n)
-        out[k] = rew.mean(dim=0)
-        per.append(rew)
-    print(f"user rewards: {np.mean(others_used):.1f} other requests per pool on average", flush=True)
-    return out, per
 
 
 def run_kind(ctx, kind: str, src: Path, per_pool: list[list], seed: int) -> dict:
@@ -176,7 +138,6 @@ def main() -> int:
     ctx = trainer.prepare(args.data, args.run, cfg, DistInfo(), log=print, quiet=True)
     KB.update(ctx.encoders.intent_texts)
     src3 = args.run / "stages" / "3-rg-sft"
-    info3 = json.loads((src3 / "stage.json").read_text())
     pools = read_pools(src3)
     prompts_all = ctx.prompts("train")
     prompts = [prompts_all[p["row"]] for p in pools]
@@ -185,7 +146,12 @@ def main() -> int:
     results = {"run": str(args.run), "pools": len(pools), "min_margin": cfg.dpo.min_margin, "kinds": {}}
     for kind in args.kinds.split(","):
         t0 = time.perf_counter()
-        r, per = user_rewards(ctx, info3, pools, prompts, seed) if kind == "user" else (rewards, None)
+        per = None
+        if kind == "user":  # stage 3 stored each candidate's rewards on the user's requests
+            if any("user_rewards" not in p for p in pools):
+                raise SystemExit(f"{src3}: pools without user_rewards (stage 3 ran with dpo.pairs: request)")
+            per = [torch.tensor(p["user_rewards"]) for p in pools]
+        r = rewards
         res = run_kind(ctx, kind, src3 / "reasoner", pairs_of(kind, pools, prompts, r, cfg.dpo.min_margin, per), seed)
         res["wall_seconds"] = time.perf_counter() - t0
         results["kinds"][kind] = res

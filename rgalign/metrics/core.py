@@ -46,6 +46,7 @@ __all__ = [
     "compute_all",
     "error_rate",
     "gauc",
+    "gauc_difference",
     "hitrate_at_k",
     "logloss",
     "ndcg_at_k",
@@ -232,6 +233,36 @@ def gauc(labels: Any, scores: Any, groups: Any) -> float:
         return float("nan")
     weight = (n_pos + n_neg)[valid]
     return float(np.sum(per_group[valid] * weight) / np.sum(weight))
+
+
+def gauc_difference(labels: Any, scores_a: Any, scores_b: Any, groups: Any) -> tuple[float, float]:
+    """GAUC(``scores_a``) - GAUC(``scores_b``) on the same impressions, and its standard error.
+
+    The difference is paired: it is the impression-weighted mean of the per-group AUC
+    differences (the groups are the same for both, so it equals the difference of the two
+    :func:`gauc` values). Its standard error treats groups as independent draws: ``sqrt(sum
+    w^2 (d - D)^2 * G / (G - 1)) / sum w`` over the ``G`` two-class groups. It says whether one
+    ranking beats another on this split by more than which groups happened to be in it. Returns
+    ``(nan, nan)`` when no group has both classes, ``(D, 0.0)`` with one such group.
+    """
+    y = _as_binary("labels", labels)
+    a = _as_scores("scores_a", scores_a)
+    b = _as_scores("scores_b", scores_b)
+    codes, n_groups = _encode("groups", groups)
+    _same_length(labels=y, scores_a=a, scores_b=b, groups=codes)
+    auc_a, n_pos, n_neg = _grouped_auc(y, a, codes, n_groups)
+    auc_b, _, _ = _grouped_auc(y, b, codes, n_groups)
+    valid = (n_pos > 0) & (n_neg > 0)
+    g = int(valid.sum())
+    if g == 0:
+        return float("nan"), float("nan")
+    w = (n_pos + n_neg)[valid]
+    d = (auc_a - auc_b)[valid]
+    mean = float(np.sum(w * d) / np.sum(w))
+    if g == 1:
+        return mean, 0.0
+    se = float(np.sqrt(np.sum(w**2 * (d - mean) ** 2) * g / (g - 1)) / np.sum(w))
+    return mean, se
 
 
 def logloss(labels: Any, probs: Any, eps: float = 1e-7) -> float:

@@ -4,6 +4,7 @@ from the data and the run's config, latent queries of whole splits, the run's cu
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from rgalign.config import to_dict
 from rgalign.data.encoders import FeatureEncoders
 from rgalign.data.loader import Dataset
 from rgalign.data.requests import RequestArrays
-from rgalign.errors import ConfigError, TrainError
+from rgalign.errors import TrainError
 from rgalign.io import atomic_dir, write_json_atomic
 from rgalign.models.prompt import PromptFields
 from rgalign.models.qe_ranker import QERankerConfig
@@ -228,7 +229,7 @@ def init_intent_prior(ctx: Context, model: torch.nn.Module, text_emb: np.ndarray
     which reads text), the smoothing shrinks toward what the intent's text predicts where the
     data says the text predicts it (`rgalign.training.intent_prior`). Returns what was chosen."""
     from rgalign.training.evaluate import popularity_scores
-    from rgalign.training.intent_prior import text_smoothed_like_rate
+    from rgalign.training.intent_prior import text_smoothed_rate_from_counts
     from rgalign.training.shard_data import counts_sum
 
     tr = ctx.splits["train"]
@@ -238,11 +239,10 @@ def init_intent_prior(ctx: Context, model: torch.nn.Module, text_emb: np.ndarray
     info: dict[str, Any] = {"text": None}
     if text_emb is None:
         rates = popularity_scores(tr, n, ctx.dist)
-    elif ctx.dist.data_sharded and ctx.dist.enabled:
-        raise ConfigError("intent_prior: text is fitted on every training impression in one process; with the "
-                          "log read by shard use intent_prior: popularity (or --shard-data off)")
-    else:
-        rates, fit = text_smoothed_like_rate(tr.shown[tr.mask], tr.labels[tr.mask], n, text_emb, seed=ctx.config.seed)
+    else:  # the whole log's counts: every rank fits the same regression
+        clicks = counts_sum(np.bincount(tr.shown[tr.mask], weights=tr.labels[tr.mask].astype(np.float64),
+                                        minlength=n), ctx.dist)
+        rates, fit = text_smoothed_rate_from_counts(shows, clicks, text_emb, seed=ctx.config.seed)
         info.update(fit)
     rate = float(tr.labels[tr.mask].mean())
     if ctx.dist.data_sharded and ctx.dist.enabled:
@@ -281,5 +281,9 @@ def valid_metrics(ctx: Context, model: torch.nn.Module, query: torch.Tensor | No
 
 def ranker_fit_info(res: Any) -> dict[str, Any]:
     """What stage.json records of a ranker's early-stopped training (`loops.RankerResult`)."""
+    def finite(x: float) -> float | None:
+        return None if math.isnan(x) else x
+
     return {"checks": res.checks, "steps": res.steps, "stopped_early": res.stopped_early,
-            "best_valid_gauc": res.best_valid_gauc}
+            "best_valid_gauc": res.best_valid_gauc, "start_valid_gauc": finite(res.start_valid_gauc),
+            "gain_se": finite(res.gain_se), "start_kept": res.start_kept}

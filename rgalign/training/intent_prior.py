@@ -60,7 +60,19 @@ def text_smoothed_like_rate(
     y = np.asarray(labels, dtype=np.float64)
     shows = np.bincount(idx, minlength=n_intents).astype(np.float64)
     clicks = np.bincount(idx, weights=y, minlength=n_intents)
-    p = float(y.mean()) if y.size else 0.5
+    return text_smoothed_rate_from_counts(shows, clicks, text_emb, prior=prior, seed=seed)
+
+
+def text_smoothed_rate_from_counts(
+    shows: np.ndarray, clicks: np.ndarray, text_emb: np.ndarray, prior: float = POPULARITY_PRIOR, seed: int = 0
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """`text_smoothed_like_rate` from each intent's training impressions ``shows`` (N,) and likes
+    ``clicks`` (N,): counts, so a log read by shard sums its ranks' counts and fits the same prior."""
+    shows = np.asarray(shows, dtype=np.float64)
+    clicks = np.asarray(clicks, dtype=np.float64)
+    n_intents = len(shows)
+    total_shows = float(shows.sum())
+    p = float(clicks.sum()) / total_shows if total_shows else 0.5
     seen = np.flatnonzero(shows > 0)
     info: dict[str, Any] = {"ridge": None, "intents_fit": int(len(seen)), "cv_loglik_per_impression": {}}
     mean = np.full(n_intents, p)

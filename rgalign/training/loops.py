@@ -143,6 +143,12 @@ class RankerResult:
     checks: int = 0  # valid-GAUC checks made after training steps
     stopped_early: bool = False
     steps: int = 0
+    start_valid_gauc: float = math.nan  # check 0: the starting weights
+    # the best check's valid GAUC gain over the start and that gain's standard error (NaN when
+    # the best check was the start); ``start_kept``: the gain was within ``min_gain_se`` of them,
+    # so the starting weights were kept (see `EarlyStopping`)
+    gain_se: float = math.nan
+    start_kept: bool = False
 
 
 @dataclass(frozen=True)
@@ -155,10 +161,19 @@ class EarlyStopping:
     the learning rate; ``patience`` such checks in a row stop training;
     ``max_epochs`` bounds it. The best check's weights are restored,
     including the starting weights (check 0), so a ranker never ends below where it started.
+
+    A ranker starts from a prior (item popularity, or the text prior, as its intent bias): it
+    leaves it only on evidence. The best check replaces the starting weights only when its valid
+    GAUC gain is more than ``min_gain_se`` standard errors of that gain (paired over the valid
+    requests, `metrics.gauc_difference`). On a small valid split a gain of a few hundredths of a
+    point is which requests happened to be drawn (MovieLens-100K: 250 valid requests, a +0.04 pt
+    gain over popularity lost 0.23 pt on test); on a large one the standard error is small and
+    the gate costs nothing. ``min_gain_se`` 0 keeps any gain.
     """
 
     max_epochs: int
     patience: int = 3
+    min_gain_se: float = 1.0
     min_check_steps: int = 25
     warmup_fraction: float = 0.5  # of the first check interval: linear warm-up of the rate
 
@@ -190,11 +205,13 @@ def train_ranker(
     quiet: bool = False,
     patience: int = 3,
     min_check_steps: int = 25,
+    min_gain_se: float = 1.0,
 ) -> RankerResult:
     """ListNet + BCE (+ KL to ``previous``) over each request's slate, early-stopped on the valid
     GAUC (see `EarlyStopping`; ``epochs`` is the most it may train); the best check's weights are
-    loaded back into ``model``."""
-    stop = EarlyStopping(max_epochs=epochs, patience=patience, min_check_steps=min_check_steps)
+    loaded back into ``model``, or the starting ones when the best gains too little over them."""
+    stop = EarlyStopping(max_epochs=epochs, patience=patience, min_check_steps=min_check_steps,
+                         min_gain_se=min_gain_se)
     with torch_threads(1):
         return _train_ranker(model, forward, train, valid, stop=stop, batch_size=batch_size, lr=lr,
                              weight_decay=weight_decay, alpha_bce=alpha_bce, seed=seed, dist=dist,
@@ -222,7 +239,8 @@ def _train_ranker(model, forward, train, valid, *, stop, batch_size, lr, weight_
         return _slate_gauc(valid, logits, dist)  # the same value on every rank: one stop decision
 
     log = LossLog()
-    best = (0, valid_gauc(), copy.deepcopy(model.state_dict()))
+    start_logits = slate_logits(model, forward, valid, valid_query)
+    best = start = (0, _slate_gauc(valid, start_logits, dist), copy.deepcopy(model.state_dict()))
     n_impressions = step = checks = bad = 0
     stopped = False
     t0 = time.perf_counter()
@@ -281,22 +299,43 @@ def _train_ranker(model, forward, train, valid, *, stop, batch_size, lr, weight_
             epoch += 1
         bar.update(task, completed=max_steps)
     model.load_state_dict(best[2])
+    gain_se, start_kept = math.nan, False
+    if best[0] != 0:
+        _, gain_se = _slate_gauc_difference(valid, slate_logits(model, forward, valid, valid_query), start_logits, dist)
+        if stop.min_gain_se > 0 and not best[1] - start[1] > stop.min_gain_se * gain_se:
+            best, start_kept = start, True  # a gain within the noise of this valid split: stay at the prior
+            model.load_state_dict(best[2])
     model.eval()
     seconds = time.perf_counter() - t0
     return RankerResult(best[0], float(best[1]), seconds, n_impressions * dist.world_size / max(seconds, 1e-9), log,
-                        checks=checks, stopped_early=stopped, steps=step)
+                        checks=checks, stopped_early=stopped, steps=step, start_valid_gauc=float(start[1]),
+                        gain_se=gain_se, start_kept=start_kept)
+
+
+def _shown(arrays: RequestArrays, dist: DistInfo, *logits: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(labels, groups, *scores) of the shown impressions; every rank's (gathered) when the data is
+    sharded."""
+    m = arrays.mask
+    groups = np.broadcast_to(arrays.groups[:, None], m.shape)[m]
+    cols = (arrays.labels[m], group_codes(groups) if dist.data_sharded else groups, *(x[m] for x in logits))
+    if dist.data_sharded:
+        parts = all_gather_object(cols, dist)
+        cols = tuple(np.concatenate([p[i] for p in parts]) for i in range(len(cols)))
+    return cols
 
 
 def _slate_gauc(arrays: RequestArrays, logits: np.ndarray, dist: DistInfo) -> float:
     """GAUC of the shown impressions; of every rank's (gathered) when the data is sharded."""
-    m = arrays.mask
-    groups = np.broadcast_to(arrays.groups[:, None], m.shape)[m]
-    labels, scores = arrays.labels[m], logits[m]
-    if dist.data_sharded:
-        parts = all_gather_object((labels, scores, group_codes(groups)), dist)
-        labels, scores, groups = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    labels, groups, scores = _shown(arrays, dist, logits)
     value = metrics.gauc(labels, scores, groups) if len(labels) else math.nan
     return -math.inf if math.isnan(value) else value
+
+
+def _slate_gauc_difference(arrays: RequestArrays, logits_a: np.ndarray, logits_b: np.ndarray,
+                           dist: DistInfo) -> tuple[float, float]:
+    """`metrics.gauc_difference` of two scorings of the shown impressions (gathered when sharded)."""
+    labels, groups, a, b = _shown(arrays, dist, logits_a, logits_b)
+    return metrics.gauc_difference(labels, a, b, groups) if len(labels) else (math.nan, math.nan)
 
 
 def _stand_in(valid: RequestArrays, train: RequestArrays, valid_query, train_query) -> dict[str, torch.Tensor]:

@@ -83,7 +83,7 @@ def stage_baseline(ctx: Context) -> None:
     init_intent_prior(ctx, model)
     res = loops.train_ranker(
         model, baseline_forward, ctx.splits["train"], ctx.splits["valid"], epochs=c.epochs,
-        patience=c.patience, min_check_steps=c.min_check_steps, batch_size=c.batch_size, lr=c.lr, weight_decay=c.weight_decay, alpha_bce=c.alpha_bce,
+        patience=c.patience, min_check_steps=c.min_check_steps, min_gain_se=c.min_gain_se, batch_size=c.batch_size, lr=c.lr, weight_decay=c.weight_decay, alpha_bce=c.alpha_bce,
         seed=ctx.config.seed, dist=ctx.dist, description="0 baseline", quiet=ctx.quiet,
     )
     valid = valid_metrics(ctx, model)
@@ -165,7 +165,7 @@ def stage_reward(ctx: Context) -> None:
     with prefetch_test_latents(ctx, [reasoner_dir]):
         res = loops.train_ranker(
             model, qe_forward, ctx.splits["train"], ctx.splits["valid"], epochs=c.epochs, batch_size=c.batch_size,
-            patience=c.patience, min_check_steps=c.min_check_steps,
+            patience=c.patience, min_check_steps=c.min_check_steps, min_gain_se=c.min_gain_se,
             lr=c.lr, weight_decay=c.weight_decay, alpha_bce=c.alpha_bce, seed=ctx.config.seed, dist=ctx.dist,
             train_query=q["train"], valid_query=q["valid"], description="2 QE reward ranker", quiet=ctx.quiet,
         )

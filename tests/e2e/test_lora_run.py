@@ -58,6 +58,7 @@ def lora_run(tmp_path_factory) -> Path:
     rows = [json.loads(line) for line in pools.read_text().splitlines()]
     for r in rows:
         r["rewards"] = [1.0 - 0.1 * k for k in range(len(r["candidates"]))]
+        r["user_rewards"] = [r["rewards"]] * 2  # two of the user's slates agreeing (dpo.pairs: user)
     pools.write_text("".join(json.dumps(r) + "\n" for r in rows))
     RGA_STAGES[4](ctx, 0)
     RGA_STAGES[5](ctx, 0)

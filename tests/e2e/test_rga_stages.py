@@ -178,6 +178,28 @@ def test_best_of_n_on_disk_is_the_reward_argmax(rga_run):
     assert info["reward"]["candidates_mean"] >= info["reward"]["worst_mean"] - eps
 
 
+def test_pools_carry_each_candidates_rewards_on_the_users_requests(rga_run, data):
+    """dpo.pairs: user (the default): each pool also holds its candidates' rewards on up to
+    ``dpo.user_requests`` clicked training requests of the same user, its own slate first (equal to
+    the pool's rewards), the others that user's; stage 4 built its pairs from them."""
+    run = RunDir(rga_run[0])
+    pools = [json.loads(line) for line in (run.stage_dir(3) / CANDIDATES).read_text().splitlines()]
+    ctx = trainer.prepare(data, rga_run[0], TrainConfig.from_dict(RGA_TRAIN), DistInfo(), lambda m: None, True)
+    tr = ctx.splits["train"]
+    limit = TrainConfig.from_dict(RGA_TRAIN).dpo.user_requests
+    clicked = (tr.mask & (tr.labels > 0)).any(axis=1)
+    more = 0
+    for p in pools:
+        u = p["user_rewards"]
+        assert 1 <= len(u) <= limit and all(len(row) == len(p["candidates"]) for row in u)
+        assert u[0] == pytest.approx(p["rewards"], abs=2e-6)  # its own slate, scored as stage 3 scored it
+        others = int(clicked[tr.user_ids == tr.user_ids[p["row"]]].sum()) - 1
+        assert len(u) == 1 + min(others, limit - 1)
+        more += len(u) > 1
+    assert more > 0
+    assert run.stage_info(4)["pair_construction"] == "user"
+
+
 def test_rg_cl_moves_latents_towards_the_clicked_intents(rga_run):
     info = RunDir(rga_run[0]).stage_info(5)
     assert info["requests"] > 0 and info["with_preferred_query"] > 0
@@ -209,7 +231,7 @@ def test_dpo_without_any_pair_over_the_margin_is_skipped_with_its_reason(rga_run
     messages: list[str] = []
     trainer.train(data, copy, TrainConfig.from_dict(strict), [4], log=messages.append, quiet=True)
     info = RunDir(copy).stage_info(4)
-    assert info["pairs"] == 0 and "reward margin >= 1000000000.0" in info["skipped"]
+    assert info["pairs"] == 0 and ">= 1000000000.0/sqrt(requests)" in info["skipped"]
     assert any("skipped" in m for m in messages)
     # the policy goes on as the RG-SFT reasoner left it
     a, b = copy / "stages" / "4-dpo" / "reasoner", copy / "stages" / "3-rg-sft" / "reasoner"

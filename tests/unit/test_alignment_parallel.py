@@ -54,6 +54,7 @@ def _opinionated_pools(run: Path) -> None:
     rows = [json.loads(line) for line in pools.read_text().splitlines()]
     for r in rows:
         r["rewards"] = [1.0 - 0.1 * k for k in range(len(r["candidates"]))]
+        r["user_rewards"] = [r["rewards"]] * 2  # two of the user's slates agreeing (dpo.pairs: user)
     pools.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 

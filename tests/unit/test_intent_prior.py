@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rgalign import metrics
-from rgalign.training.intent_prior import text_smoothed_like_rate
+from rgalign.training.intent_prior import text_smoothed_like_rate, text_smoothed_rate_from_counts
 
 
 def _log(n_intents: int, rate: np.ndarray, shows: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -87,7 +87,23 @@ def test_train_config_names_the_intent_prior():
     from rgalign.errors import ConfigError
     from rgalign.training.config import TrainConfig
 
-    assert TrainConfig().intent_prior == "popularity"
+    assert TrainConfig().intent_prior == "text"
     assert TrainConfig.from_dict({"intent_prior": "text"}).intent_prior == "text"
     with pytest.raises(ConfigError, match="intent_prior 'texts': choose one of popularity, text"):
         TrainConfig.from_dict({"intent_prior": "texts"})
+
+
+def test_the_prior_from_summed_counts_is_the_prior_from_impressions():
+    """A log read by shard sums each rank's (shows, clicks) per intent: the same prior as one
+    process reading every impression."""
+    n = 60
+    rng = np.random.default_rng(3)
+    emb = rng.normal(size=(n, 4))
+    intents, labels = _log(n, 1 / (1 + np.exp(-emb[:, 0])), rng.integers(0, 30, n))
+    whole, info = text_smoothed_like_rate(intents, labels, n, emb)
+    half = len(intents) // 2
+    parts = [(np.bincount(intents[s], minlength=n), np.bincount(intents[s], weights=labels[s], minlength=n))
+             for s in (slice(0, half), slice(half, None))]
+    summed, info2 = text_smoothed_rate_from_counts(parts[0][0] + parts[1][0], parts[0][1] + parts[1][1], emb)
+    np.testing.assert_allclose(summed, whole, rtol=1e-12)
+    assert info2 == info

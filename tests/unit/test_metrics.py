@@ -106,6 +106,25 @@ def test_gauc_hand_example():
     assert M.gauc(labels, scores, groups) == pytest.approx((0.75 * 4 + 0.0 * 2) / 6)
 
 
+def test_gauc_difference_is_paired_with_a_hand_computed_standard_error():
+    # groups a (4 impressions) and b (2): AUCs 0.75 / 0.0 under scores_a, 1.0 / 1.0 under scores_b;
+    # group c is single-class and skipped by both
+    labels = [0, 0, 1, 1, 1, 0, 1, 1]
+    a = [0.1, 0.4, 0.35, 0.8, 0.2, 0.9, 0.5, 0.6]
+    b = [0.1, 0.2, 0.3, 0.4, 0.9, 0.2, 0.5, 0.6]
+    groups = ["a", "a", "a", "a", "b", "b", "c", "c"]
+    d, se = M.gauc_difference(labels, a, b, groups)
+    assert d == pytest.approx(M.gauc(labels, a, groups) - M.gauc(labels, b, groups))
+    # per-group differences -0.25 (w 4) and -1.0 (w 2): mean -0.5; se = sqrt(sum w^2 (d - D)^2 * 2 / 1) / 6
+    assert d == pytest.approx((4 * -0.25 + 2 * -1.0) / 6)
+    assert se == pytest.approx(math.sqrt((16 * 0.25**2 + 4 * 0.5**2) * 2) / 6)
+    assert M.gauc_difference(labels, a, a, groups) == (0.0, 0.0)  # a ranking against itself
+    assert M.gauc_difference([0, 1], [0.1, 0.2], [0.2, 0.1], ["g", "g"]) == (1.0, 0.0)  # one group: no spread
+    assert all(math.isnan(x) for x in M.gauc_difference([1, 1], [0.1, 0.2], [0.2, 0.1], ["g", "g"]))
+    with pytest.raises(M.MetricInputError):
+        M.gauc_difference(labels, a, b[:-1], groups)
+
+
 def test_gauc_all_single_class_is_nan():
     assert math.isnan(M.gauc([1, 1, 0, 0], [0.1, 0.2, 0.3, 0.4], [1, 1, 2, 2]))
 

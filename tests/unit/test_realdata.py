@@ -237,6 +237,34 @@ def test_early_stopping_keeps_the_start_when_training_only_hurts(tiny_requests):
             assert torch.equal(v, start[k]), k
 
 
+def test_a_gain_within_its_standard_error_keeps_the_start(tiny_requests):
+    """``min_gain_se``: the best check replaces the starting weights only when its valid GAUC gain
+    is more than that many standard errors of the gain. The same training, the same seed: with
+    the gate at 0 the best check is kept; with the gate out of reach the start is."""
+    from rgalign.training import loops
+    from rgalign.training.distributed import DistInfo
+    from rgalign.training.evaluate import baseline_forward
+
+    enc, sp = tiny_requests
+    kw = dict(epochs=6, batch_size=32, lr=3e-3, weight_decay=0.0, alpha_bce=0.5, seed=0, dist=DistInfo(), quiet=True,
+              patience=2, min_check_steps=2)
+    torch.manual_seed(0)
+    trained = _baseline(enc)
+    free = loops.train_ranker(trained, baseline_forward, sp["train"], sp["valid"], min_gain_se=0.0, **kw)
+    assert free.best_epoch > 0 and not free.start_kept and free.best_valid_gauc > free.start_valid_gauc
+    assert free.gain_se > 0  # measured on the best check
+    torch.manual_seed(0)
+    gated = _baseline(enc)
+    start = copy.deepcopy(gated.state_dict())
+    res = loops.train_ranker(gated, baseline_forward, sp["train"], sp["valid"], min_gain_se=1e9, **kw)
+    assert res.start_kept and res.best_epoch == 0 and res.checks == free.checks
+    assert res.best_valid_gauc == res.start_valid_gauc == pytest.approx(free.start_valid_gauc)
+    assert res.gain_se == pytest.approx(free.gain_se)  # the same best check, found and then refused
+    for k, v in gated.state_dict().items():
+        assert torch.equal(v, start[k]), k
+    assert _valid_gauc(gated, sp["valid"]) == pytest.approx(res.start_valid_gauc, abs=1e-12)
+
+
 # ---- popularity and cohorts ------------------------------------------------------------------------
 
 

@@ -306,6 +306,29 @@ def test_dpo_pairs_keep_best_vs_worst_above_the_margin():
     assert rga.dpo_pairs(prompts, cands, rewards, min_margin=2.0) == []
 
 
+def test_user_dpo_pairs_keep_a_preference_that_holds_over_the_users_requests():
+    prompts = ["p0", "p1", "p2", "p3", "p4"]
+    cands = [["a", "b", "c"], ["d", "e", "f"], ["g", "h", "i"], ["j", "J", "k"], ["l", "m", "n"]]
+    rewards = [
+        torch.tensor([[0.0, 1.0, 0.2], [0.1, 0.9, 0.0], [0.0, 0.8, 0.3]]),  # b over a on all 3 slates: kept
+        torch.tensor([[1.0, 0.0, 0.5], [-1.0, 0.2, 0.4], [0.9, 0.1, 0.5]]),  # by the mean f > e, but d-e flips
+        torch.tensor([[0.0, 1.0, 0.2]]),  # one slate only: no evidence beyond it
+        torch.tensor([[1.0, 0.0, 0.5], [0.9, 0.1, 0.6]]),  # "j" over "J": the same query
+        torch.tensor([[0.00, 0.02, 0.01], [0.00, 0.03, 0.01]]),  # consistent, but below the noise floor
+    ]
+    pairs = rga.user_dpo_pairs(prompts, cands, rewards, min_margin=0.05)
+    assert pairs[0] == ("p0", " b", " a")
+    # p1: best f (mean 0.467), worst e (0.1): differences 0.5, 0.2, 0.4: mean 0.367 > se 0.088, kept
+    assert pairs[1] == ("p1", " f", " e") and len(pairs) == 2
+    # p4: mean difference 0.025 >= 0.05 / sqrt(2) = 0.035? no; with no floor it is kept
+    assert ("p4", " m", " l") in rga.user_dpo_pairs(prompts, cands, rewards, min_margin=0.0)
+    # a preference that flips between slates: mean not above its standard error
+    flip = [torch.tensor([[0.0, 1.0], [0.0, -0.8], [0.0, 0.9], [0.0, -0.9]])]
+    assert rga.user_dpo_pairs(["p"], [["x", "y"]], flip) == []
+    with pytest.raises(ConfigError, match=r"\(K, 3\)"):
+        rga.user_dpo_pairs(["p"], [["x", "y", "z"]], [torch.zeros(2, 2)])
+
+
 def test_dpo_policy_is_kept_only_above_chance_by_more_than_its_standard_error():
     # 50 held-out pairs: se = sqrt(0.25 / 50) = 0.0707; chance + se = 0.5707
     kept = rga.generalises(0.69, 50)  # synthetic seed 0's held-out accuracy

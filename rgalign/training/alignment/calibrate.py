@@ -60,7 +60,7 @@ def stage_calibrate(ctx: Context, round_: int) -> None:
         model.set_intent_latents(intent_latent)
         res = loops.train_ranker(
             model, qe_forward, train, ctx.splits["valid"], epochs=c.epochs, batch_size=c.batch_size,
-            patience=c.patience, min_check_steps=c.min_check_steps,
+            patience=c.patience, min_check_steps=c.min_check_steps, min_gain_se=c.min_gain_se,
             lr=c.lr, weight_decay=c.weight_decay, alpha_bce=c.alpha_bce, seed=seed, dist=ctx.dist,
             train_query=query["train"], valid_query=query["valid"], previous=previous, beta_kl=c.beta_kl,
             description=label, quiet=ctx.quiet,

@@ -45,8 +45,15 @@ def stage_dpo(ctx: Context, round_: int) -> None:
     pools = read_pools(src, ctx)  # sharded data: this rank's
     prompts_all = ctx.prompts("train")
     rewards = torch.tensor([p["rewards"] for p in pools], dtype=torch.float32)
-    pairs = rga.dpo_pairs([prompts_all[p["row"]] for p in pools], [p["candidates"] for p in pools], rewards,
-                          min_margin=c.min_margin)
+    pool_prompts, pool_cands = [prompts_all[p["row"]] for p in pools], [p["candidates"] for p in pools]
+    if c.pairs == "user":
+        if any("user_rewards" not in p for p in pools):
+            raise TrainError(f"{ctx.relative(src)}: its pools have no per-user rewards (stage 3 ran with dpo.pairs: "
+                             "request); re-run stage 3 (--stages 3-6), or set dpo.pairs: request")
+        pairs = rga.user_dpo_pairs(pool_prompts, pool_cands, [torch.tensor(p["user_rewards"]) for p in pools],
+                                   min_margin=c.min_margin)
+    else:
+        pairs = rga.dpo_pairs(pool_prompts, pool_cands, rewards, min_margin=c.min_margin)
     available = len(pairs)
     best_margin = rga.best_of_n(rewards)[2] if len(pools) else torch.zeros(0)
     seed = stage_seed(ctx, 4, round_)
@@ -60,15 +67,20 @@ def stage_dpo(ctx: Context, round_: int) -> None:
         # little of the latent query. DPO on such pairs would learn the noise: the RG-SFT
         # reasoner goes on unchanged, and stage.json says why (a config can lower dpo.min_margin)
         top = float(best_margin.max()) if len(best_margin) else 0.0
-        reason = (f"no (best, worst) pair has a reward margin >= {c.min_margin} among {len(pools)} pools (largest "
-                  f"{top:.4f}): the reward model scores the candidate queries almost alike")
+        if c.pairs == "user":
+            reason = (f"no pool's (best, worst) preference holds over its user's requests (mean difference above "
+                      f"its standard error and >= {c.min_margin}/sqrt(requests)) among {len(pools)} pools (largest "
+                      f"one-slate margin {top:.4f}): the reward model scores the candidate queries almost alike")
+        else:
+            reason = (f"no (best, worst) pair has a reward margin >= {c.min_margin} among {len(pools)} pools "
+                      f"(largest {top:.4f}): the reward model scores the candidate queries almost alike")
 
         def keep_policy(d: Path) -> None:
             import shutil
 
             shutil.copytree(src / "reasoner", d / "reasoner")
 
-        ctx.finish(4, keep_policy, {"seconds": 0.0, "pairs": 0, "pairs_available": 0, "pools": len(pools),
+        ctx.finish(4, keep_policy, {"seconds": 0.0, "pairs": 0, "pairs_available": 0, "pools": len(pools), "pair_construction": c.pairs,
                                     "skipped": reason, "dpo_kept": False, "policy_from": ctx.relative(src / "reasoner"),
                                     "reference": ctx.relative(src / "reasoner"),
                                     "frozen_unchanged": {"reference": True}}, round_)  # copied, never loaded
@@ -143,7 +155,7 @@ def stage_dpo(ctx: Context, round_: int) -> None:
 
     info = {
         "seconds": seconds, "pairs": n_pairs, "pairs_available": available, "pools": len(pools),
-        "beta": c.beta, "min_margin": c.min_margin,
+        "pair_construction": c.pairs, "beta": c.beta, "min_margin": c.min_margin,
         "final_loss": float(np.mean([r["loss"] for r in tail])),
         "final_reward_accuracy": float(np.mean([r["reward_accuracy"] for r in tail])),
         "final_reward_margin": float(np.mean([r["reward_margin"] for r in tail])),

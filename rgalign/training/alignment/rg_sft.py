@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +37,34 @@ def _reward_reasoner_source(ctx: Context, policy: Reasoner, policy_dir: Path, re
         return False, (f"a frozen copy: the reward ranker read {ctx.relative(reward_dir)}, not the policy's "
                        f"{ctx.relative(policy_dir)}")
     return True, "the policy before its adapters go in (the same checkpoint; LoRA: no copy kept)"
+
+
+def user_rewards(ctx: Context, ranker: torch.nn.Module, rows: np.ndarray, latents: torch.Tensor, kind: str,
+                 seed: int) -> list[torch.Tensor]:
+    """Per pool (training request ``rows[i]``), the (K, n) rewards of its n candidate latent
+    queries (``latents`` (R, n, d), read from that request's prompt) on the slates of K clicked
+    training requests of the same user: its own first, then up to ``dpo.user_requests - 1``
+    others (a seeded draw). What `rga.user_dpo_pairs` judges a preference by. With the data
+    sharded, a user's requests on this rank."""
+    tr = ctx.splits["train"]
+    limit = ctx.config.dpo.user_requests
+    clicked = np.flatnonzero((tr.mask & (tr.labels > 0)).any(axis=1))
+    by_user: dict[Any, list[int]] = {}
+    for i in clicked:
+        by_user.setdefault(tr.user_ids[i], []).append(int(i))
+    rng = np.random.default_rng([seed, 4])
+    slates, pool_of = [], []
+    for k, r in enumerate(rows):
+        others = [i for i in by_user.get(tr.user_ids[r], []) if i != r]
+        if len(others) > limit - 1:
+            others = sorted(rng.choice(others, limit - 1, replace=False).tolist())
+        slates += [int(r), *others]
+        pool_of += [k] * (1 + len(others))
+    b = slate(ctx, np.asarray(slates, dtype=np.int64))
+    scored = rga.reward_scores(ranker, b["cat"], b["num"], latents[torch.as_tensor(pool_of)], b["shown"], b["labels"],
+                               b["mask"], kind=kind)
+    counts = np.bincount(pool_of, minlength=len(rows)).tolist()
+    return list(torch.split(scored, counts))
 
 
 def stage_rg_sft(ctx: Context, round_: int) -> None:
@@ -78,6 +107,9 @@ def stage_rg_sft(ctx: Context, round_: int) -> None:
         rewards = rga.reward_scores(ranker, b["cat"], b["num"], lat, b["shown"], b["labels"], b["mask"], kind=c.reward)
         own_reward = rga.reward_scores(ranker, b["cat"], b["num"], own.unsqueeze(1), b["shown"], b["labels"],
                                        b["mask"], kind=c.reward).squeeze(1)
+        # stage 4's user-level pairs: each candidate scored on more of the same user's slates
+        per_user = (user_rewards(ctx, ranker, rows, lat, c.reward, seed)
+                    if ctx.config.dpo.pairs == "user" else None)
     best, worst, margin = rga.best_of_n(rewards)
     t_score = time.perf_counter() - t0 - t_sample
 
@@ -100,8 +132,9 @@ def stage_rg_sft(ctx: Context, round_: int) -> None:
     request_ids = ctx.splits["train"].request_ids[rows]
     lines = [
         json.dumps({"row": int(r), "request_id": str(rid), "candidates": cs, "rewards": [round(float(x), 6) for x in rw],
-                    "best": int(bi), "worst": int(wi)})
-        for r, rid, cs, rw, bi, wi in zip(rows, request_ids, cands, rewards, best, worst)
+                    "best": int(bi), "worst": int(wi),
+                    **({} if per_user is None else {"user_rewards": [[round(float(x), 6) for x in row] for row in per_user[k]]})})
+        for k, (r, rid, cs, rw, bi, wi) in enumerate(zip(rows, request_ids, cands, rewards, best, worst))
     ]
     if ctx.dist.data_sharded:  # every rank's pools, in rank order; stages 4-5 find theirs by request id
         lines = [line for part in all_gather_object(lines, ctx.dist) for line in part]

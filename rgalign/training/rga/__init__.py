@@ -5,7 +5,9 @@ the algorithm, one file a step:
 
     stage 3, RG-SFT   `candidate_queries` -> `candidate_latents` -> `reward_scores` -> `best_of_n`
                       -> `sft_examples` (trained with ``Reasoner.lm_loss``, e.g. ``loops.train_sft``)
-    stage 4, DPO      `dpo_pairs` (best vs worst candidate, reward-margin filter)
+    stage 4, DPO      `user_dpo_pairs` (best vs worst by the reward over several of the user's
+                      requests, kept where the preference holds across them; the default) or
+                      `dpo_pairs` (best vs worst of one request's slate, reward-margin filter)
                       -> `batched_sequence_logprobs` / `dpo_batch_loss` -> `dpo_loss`
                       -> `generalises` (held-out accuracy vs chance: keep the policy or its input)
     stage 5, RG-CL    `clicked_intent_targets` -> `info_nce`
@@ -35,7 +37,9 @@ from __future__ import annotations
 
 from rgalign.training.rga.candidates import candidate_latents, candidate_queries, dedup_key
 from rgalign.training.rga.contrastive import clicked_intent_targets, info_nce
-from rgalign.training.rga.dpo import DPOPair, batched_sequence_logprobs, dpo_batch_loss, dpo_loss, dpo_pairs, generalises
+from rgalign.training.rga.dpo import (
+    DPOPair, batched_sequence_logprobs, dpo_batch_loss, dpo_loss, dpo_pairs, generalises, user_dpo_pairs,
+)
 from rgalign.training.rga.frozen import FrozenModels, changed_names, freeze, frozen_unchanged, param_checksums
 from rgalign.training.rga.reward import (
     REWARD_KINDS, best_of_n, listnet_loglik, ndcg_reward, reward_scores, sft_examples,
@@ -64,4 +68,5 @@ __all__ = [
     "param_checksums",
     "reward_scores",
     "sft_examples",
+    "user_dpo_pairs",
 ]

@@ -57,6 +57,45 @@ def dpo_pairs(
     return out
 
 
+def user_dpo_pairs(
+    prompts: Sequence[str],
+    candidates: Sequence[Sequence[str]],
+    user_rewards: Sequence[torch.Tensor],
+    min_margin: float = 0.0,
+) -> list[DPOPair]:
+    """(best, worst) pair per request by each candidate's reward over *several of the user's
+    requests*, kept when the preference holds across them.
+
+    ``user_rewards[i]`` is (K, n): the rewards of request ``i``'s n candidate queries on the
+    slates of K >= 1 clicked training requests of the same user, request ``i``'s own first (the
+    candidates are read from request ``i``'s prompt; `rg_sft.user_rewards`). Best and worst are
+    by the mean over the K rows (ties: lowest index). The pair is kept when K >= 2, the mean of
+    the K per-request differences (best - worst) is above its standard error and at least
+    ``min_margin / sqrt(K)`` (the one-slate noise floor, averaged over K slates), and the two texts
+    differ. A (best, worst) of one slate says "for this request's clicks, A over B", which the
+    policy can only memorise; one that holds over a user's requests says something about the
+    user the prompt describes, which generalises to held-out requests (README, Results).
+    """
+    if not (len(prompts) == len(candidates) == len(user_rewards)):
+        raise ConfigError(f"{len(prompts)} prompts, {len(candidates)} candidate lists, {len(user_rewards)} reward sets")
+    out: list[DPOPair] = []
+    for p, cands, r in zip(prompts, candidates, user_rewards):
+        r = torch.as_tensor(r, dtype=torch.float64)
+        if r.dim() != 2 or r.shape[1] != len(cands):
+            raise ConfigError(f"user rewards must be (K, {len(cands)}) for {len(cands)} candidates, got {tuple(r.shape)}")
+        k = r.shape[0]
+        if k < 2:
+            continue
+        b, w, _ = best_of_n(r.mean(dim=0, keepdim=True).float())
+        best, worst = int(b[0]), int(w[0])
+        d = r[:, best] - r[:, worst]
+        mean, se = float(d.mean()), float(d.std() / math.sqrt(k))
+        if mean <= se or mean < min_margin / math.sqrt(k) or dedup_key(cands[best]) == dedup_key(cands[worst]):
+            continue
+        out.append(DPOPair(p, build_target([cands[best]]), build_target([cands[worst]])))
+    return out
+
+
 def dpo_loss(
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,
