@@ -99,15 +99,17 @@ def run_kind(ctx, kind: str, src: Path, per_pool: list[list], seed: int) -> dict
     ref_c = rga.batched_sequence_logprobs(reference, tok, prompts, [p.chosen for p in train], batch_size=64)
     ref_r = rga.batched_sequence_logprobs(reference, tok, prompts, [p.rejected for p in train], batch_size=64)
 
-    def step(idx):
+    def step(model, batch, local):  # stage 4's step, one process: the whole batch is local
+        idx = batch[local]
         n = len(idx)
         enc = encode_pairs(tok, [prompts[i] for i in idx] * 2,
                            [train[i].chosen for i in idx] + [train[i].rejected for i in idx], policy.config.max_len)
-        logps = policy.sequence_logprobs(enc["input_ids"], enc["attention_mask"], enc["labels"]).float()
-        return rga.dpo_loss(logps[:n], logps[n:], ref_c[idx], ref_r[idx], beta=c.beta)
+        logps = model.sequence_logprobs(enc["input_ids"], enc["attention_mask"], enc["labels"]).float()
+        loss, stats = rga.dpo_loss(logps[:n], logps[n:], ref_c[idx], ref_r[idx], beta=c.beta)
+        return loss, n, stats
 
     lengths = loops.pair_lengths(tok, prompts, [p.chosen for p in train], [p.rejected for p in train])
-    log = train_policy(ctx, policy, len(train), step, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
+    train_policy(ctx, policy, len(train), step, index=4, round_=0, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
                        weight_decay=0.0, seed=seed, description=f"DPO {kind}", lengths=lengths)
     after = _dpo_eval(_pair_logprobs(policy, held), held_ref, c.beta)
     train_after = _dpo_eval(_pair_logprobs(policy, train[:200]),

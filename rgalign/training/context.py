@@ -286,4 +286,4 @@ def ranker_fit_info(res: Any) -> dict[str, Any]:
 
     return {"checks": res.checks, "steps": res.steps, "stopped_early": res.stopped_early,
             "best_valid_gauc": res.best_valid_gauc, "start_valid_gauc": finite(res.start_valid_gauc),
-            "gain_se": finite(res.gain_se), "start_kept": res.start_kept}
+            "gain_over_start": finite(res.gain), "gain_se": finite(res.gain_se), "start_kept": res.start_kept}

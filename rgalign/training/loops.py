@@ -149,6 +149,7 @@ class RankerResult:
     # so the starting weights were kept (see `EarlyStopping`)
     gain_se: float = math.nan
     start_kept: bool = False
+    gain: float = math.nan  # the best check's valid GAUC gain over the start, kept or refused
 
 
 @dataclass(frozen=True)
@@ -299,7 +300,7 @@ def _train_ranker(model, forward, train, valid, *, stop, batch_size, lr, weight_
             epoch += 1
         bar.update(task, completed=max_steps)
     model.load_state_dict(best[2])
-    gain_se, start_kept = math.nan, False
+    gain_se, start_kept, gain = math.nan, False, float(best[1] - start[1])
     if best[0] != 0:
         _, gain_se = _slate_gauc_difference(valid, slate_logits(model, forward, valid, valid_query), start_logits, dist)
         if stop.min_gain_se > 0 and not best[1] - start[1] > stop.min_gain_se * gain_se:
@@ -309,7 +310,7 @@ def _train_ranker(model, forward, train, valid, *, stop, batch_size, lr, weight_
     seconds = time.perf_counter() - t0
     return RankerResult(best[0], float(best[1]), seconds, n_impressions * dist.world_size / max(seconds, 1e-9), log,
                         checks=checks, stopped_early=stopped, steps=step, start_valid_gauc=float(start[1]),
-                        gain_se=gain_se, start_kept=start_kept)
+                        gain_se=gain_se, start_kept=start_kept, gain=gain)
 
 
 def _shown(arrays: RequestArrays, dist: DistInfo, *logits: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -260,6 +260,7 @@ def test_a_gain_within_its_standard_error_keeps_the_start(tiny_requests):
     assert res.start_kept and res.best_epoch == 0 and res.checks == free.checks
     assert res.best_valid_gauc == res.start_valid_gauc == pytest.approx(free.start_valid_gauc)
     assert res.gain_se == pytest.approx(free.gain_se)  # the same best check, found and then refused
+    assert res.gain == pytest.approx(free.best_valid_gauc - free.start_valid_gauc) == pytest.approx(free.gain)
     for k, v in gated.state_dict().items():
         assert torch.equal(v, start[k]), k
     assert _valid_gauc(gated, sp["valid"]) == pytest.approx(res.start_valid_gauc, abs=1e-12)
