@@ -303,7 +303,7 @@ def _train_ranker(model, forward, train, valid, *, stop, batch_size, lr, weight_
     gain_se, start_kept, gain = math.nan, False, float(best[1] - start[1])
     if best[0] != 0:
         _, gain_se = _slate_gauc_difference(valid, slate_logits(model, forward, valid, valid_query), start_logits, dist)
-        if stop.min_gain_se > 0 and not best[1] - start[1] > stop.min_gain_se * gain_se:
+        if stop.min_gain_se > 0 and not gain > stop.min_gain_se * gain_se:
             best, start_kept = start, True  # a gain within the noise of this valid split: stay at the prior
             model.load_state_dict(best[2])
     model.eval()
